@@ -1,0 +1,36 @@
+# coopy: native helpers, tests, benchmarks.
+#   make            build the native helpers into coopy/libexec/ (what `pip install` does)
+#   make test       the whole test suite, as root and as an unprivileged user it creates
+#   make bench      start-up and other benchmarks against bubblewrap/unshare/podman
+CC      ?= cc
+CFLAGS  ?= -O2
+CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -D_FORTIFY_SOURCE=2 -fstack-protector-strong
+# Static: PID 1 runs inside any image (musl, distroless) with no loader of its own.
+LDFLAGS += -static
+LIBEXEC := coopy/libexec
+HELPERS := $(LIBEXEC)/coopy-init
+PYTHON  ?= /usr/bin/python3
+# The test environment lives outside the checkout so the unprivileged test user can use
+# it even when the checkout is under /root.
+TEST_VENV ?= /var/tmp/coopy-test-venv
+
+.PHONY: all native test bench clean lint
+all: native
+native: $(HELPERS)
+
+$(LIBEXEC)/%: native/%.c native/common.h
+	@mkdir -p $(LIBEXEC)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS)
+
+test:
+	./tests/run.sh
+
+bench:
+	./bench/run.sh
+
+lint:
+	$(TEST_VENV)/bin/ruff check coopy tests bench
+	$(TEST_VENV)/bin/mypy --strict coopy
+
+clean:
+	rm -rf $(LIBEXEC) build *.egg-info

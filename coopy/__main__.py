@@ -1,0 +1,5 @@
+"""``python -m coopy``."""
+
+from coopy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,367 @@
+"""A box request from the user, resolved into a launch; and ``coopy run``'s whole life.
+
+Phases (STYLE.md rule 2): parse config → probe host facts → build plan (pure) → resolve
+paths → apply.  Everything that can be refused (a bad ``-v``, a missing source, a
+user without subordinate ids…) is refused before anything is created; once the box
+directory exists, every way out removes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coopy.errors import ConfigError, CoopyError, HostError
+from coopy.facts import HostFacts
+from coopy.idmap import IdMap, build_idmap, build_workspace_idmap
+
+# The environment of a box is built, never inherited: these host variables pass through
+# (they describe the terminal, the locale and the proxies, not the user's secrets).
+ENV_PASSTHROUGH = (
+    "TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ", "NO_COLOR",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+)
+ENV_PASSTHROUGH_PREFIXES = ("LC_",)
+BOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+_NAME_RE = re.compile(r"[^a-zA-Z0-9-]+")
+
+
+@dataclass(frozen=True)
+class MountRequest:
+    """A validated ``-v``/``mounts`` entry: host source (or volume name), box target."""
+
+    source: Path | None
+    volume: str | None
+    target: str
+    readonly: bool
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What ``coopy run`` was asked for, after config layering."""
+
+    command: Sequence[str]
+    workspace: Path
+    workspace_target: str | None = None
+    image: str = "host"
+    mounts: tuple[MountRequest, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    hostname: str | None = None
+    user: str | None = None
+    net: str = "none"
+    userns: str = "auto"
+    shm_size: int | None = None
+    tmp_size: int | None = None
+    tty: bool | None = None  # None: a PTY when stdin is a terminal
+    dry_run: bool = False
+
+
+def box_hostname(workspace: Path) -> str:
+    """A valid hostname from the workspace's name (``My Project`` → ``my-project``)."""
+    name = _NAME_RE.sub("-", workspace.name).strip("-").lower()[:63]
+    return name or "box"
+
+
+def build_env(
+    host_env: Mapping[str, str], extra: Mapping[str, str], *, home: str, user: str,
+    hostname: str,
+) -> dict[str, str]:
+    """The box's environment: the allowlist, then coopy's own, then ``-e``/``[env]``."""
+    env = {k: v for k, v in host_env.items()
+           if k in ENV_PASSTHROUGH or k.startswith(ENV_PASSTHROUGH_PREFIXES)}
+    env.setdefault("TERM", "xterm-256color" if sys.stdin.isatty() else "dumb")
+    env.update(
+        PATH=BOX_PATH, HOME=home, USER=user, LOGNAME=user, HOSTNAME=hostname,
+        container="coopy", IS_SANDBOX="1",
+    )
+    env.update(extra)
+    return env
+
+
+def plan_ids(facts: HostFacts, box_uid: int, box_gid: int, userns: str) -> IdMap | None:
+    """The box's id map, or None for ``--userns=host``; errors say what to fix."""
+    if userns == "host":
+        if facts.uid != 0:
+            raise ConfigError(
+                "--userns=host needs root: it makes box root the host's root",
+                hint="leave it out: as an ordinary user the box's root is you",
+            )
+        return None
+    try:
+        return build_idmap(
+            host_uid=facts.uid, host_gid=facts.gid, box_uid=box_uid, box_gid=box_gid,
+            subuid=facts.subuid, subgid=facts.subgid,
+        )
+    except ValueError:
+        raise HostError(
+            "root has no subordinate id range in /etc/subuid and /etc/subgid: a box of "
+            "root runs on one, so that box root is not host root",
+            hint="sudo usermod --add-subuids 1000000-1065535 --add-subgids "
+            "1000000-1065535 root (or give --userns=host to let box root be host root)",
+        ) from None
+
+
+def check_userns_allowed(facts: HostFacts) -> None:
+    """Refuse early, with the sysctl to change, when user namespaces are off."""
+    if facts.max_user_namespaces == 0:
+        raise HostError(
+            "user namespaces are disabled (user.max_user_namespaces = 0)",
+            hint="sudo sysctl -w user.max_user_namespaces=15000",
+        )
+    if facts.uid != 0 and facts.unprivileged_userns_clone == 0:
+        raise HostError(
+            "unprivileged user namespaces are disabled "
+            "(kernel.unprivileged_userns_clone = 0)",
+            hint="sudo sysctl -w kernel.unprivileged_userns_clone=1",
+        )
+
+
+def single_id_warning(facts: HostFacts, idmap: IdMap) -> str | None:
+    """The one-time warning for a box without subordinate ids, or None."""
+    if facts.uid == 0 or idmap.subordinate:
+        return None
+    return (
+        f"coopy: warning: {facts.user} has no subordinate ids in /etc/subuid and "
+        "/etc/subgid, so the box has a single user (root = you); package managers "
+        "in pulled images will fail\n"
+        f"hint: sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 "
+        f"{facts.user}\n"
+    )
+
+
+def warn_once(key: str, text: str) -> None:
+    """Print ``text`` to stderr the first time ``key`` is seen for this user."""
+    from coopy.paths import ensure_private_dir, state_dir
+
+    try:
+        marker = ensure_private_dir(state_dir()) / f"warned-{key}"
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+    except (FileExistsError, CoopyError):
+        return
+    except OSError:
+        pass  # cannot record it: say it anyway
+    sys.stderr.write(text)
+
+
+def init_path() -> str:
+    """The installed coopy-init (built into the package by ``pip install``/``make``)."""
+    return str(Path(__file__).parent / "libexec" / "coopy-init")
+
+
+def _resolve_mounts(
+    req: RunRequest, volumes_dir: Path
+) -> tuple[list[tuple[str, str, bool, bool]], list[Path]]:
+    """(source, target, readonly, is_dir) per mount; named volumes to create."""
+    out: list[tuple[str, str, bool, bool]] = []
+    create: list[Path] = []
+    for m in req.mounts:
+        if m.volume is not None:
+            path = volumes_dir / m.volume
+            create.append(path)
+            out.append((str(path), m.target, m.readonly, True))
+            continue
+        assert m.source is not None
+        try:
+            real = m.source.resolve(strict=True)
+        except (FileNotFoundError, RuntimeError):
+            raise ConfigError(
+                f"mount source {m.source} does not exist",
+                hint=f"create it, or fix the mount {m.source}:{m.target}",
+            ) from None
+        except PermissionError:
+            raise ConfigError(f"mount source {m.source} is not accessible to you") from None
+        out.append((str(real), m.target, m.readonly, real.is_dir()))
+    return out, create
+
+
+def run(req: RunRequest) -> int:
+    """``coopy run``: an ephemeral box, the command in the foreground, its status back."""
+    from coopy.facts import probe_host
+    from coopy.paths import state_dir
+    from coopy.plan import BoxSpec, Volume, build_plan, normalize_target
+    from coopy.rootfs import box_user, create_host_layers
+
+    if req.image != "host":
+        from coopy.errors import ImageError
+
+        raise ImageError(
+            f"image {req.image!r} is not available: this release runs the built-in "
+            "`host` image only",
+            hint="use --image host (pulled images come with `coopy build`)",
+        )
+    if not req.command:
+        raise ConfigError("no command given", hint="coopy run [OPTIONS] -- COMMAND [ARGS…]")
+    facts = probe_host()
+    if req.userns != "host":
+        check_userns_allowed(facts)
+    try:
+        host_passwd = Path("/etc/passwd").read_text(errors="replace")
+    except OSError:
+        host_passwd = ""
+    user = box_user(facts, req.user, host_passwd)
+    idmap = plan_ids(facts, user.uid, user.gid, req.userns)
+    if idmap is not None and user.uid != 0 and idmap.to_host_uid(user.uid) is None:
+        raise HostError(f"user {user.name} (uid {user.uid}) does not exist in this box's id map")
+
+    workspace = req.workspace.resolve()
+    if not workspace.is_dir():
+        raise ConfigError(
+            f"workspace {req.workspace} is not a directory",
+            hint="give -w an existing directory",
+        )
+    try:
+        ws_target = normalize_target(req.workspace_target or str(workspace))
+    except ValueError as exc:
+        raise ConfigError(f"[workspace] path: {exc}") from None
+    mounts, create_vols = _resolve_mounts(req, state_dir() / "volumes")
+    hostname = req.hostname or box_hostname(workspace)
+    root_box = facts.uid == 0 and idmap is not None
+    owner = (idmap.to_host_uid(0), idmap.to_host_gid(0)) if root_box and idmap else None
+
+    def spec_for(box_dir: str) -> BoxSpec:
+        return BoxSpec(
+            name=hostname,
+            hostname=hostname,
+            box_dir=box_dir,
+            skel=f"{box_dir}/skel",
+            etc=f"{box_dir}/etc",
+            workspace=str(workspace),
+            workspace_target=ws_target,
+            volumes=tuple(Volume(s, t, ro, d) for s, t, ro, d in mounts),
+            net=req.net,
+            shm_size=req.shm_size or (64 << 20),
+            tmp_size=req.tmp_size,
+            tty_gid=5 if idmap is None or idmap.maps_gid(5) else None,
+            idmap_binds=root_box,
+        )
+
+    if req.dry_run:
+        from coopy.ops import describe
+
+        for op in build_plan(spec_for(str(state_dir() / "run" / "<id>")), facts):
+            print(describe(op))
+        return 0
+
+    from coopy.paths import ensure_private_dir
+    from coopy.state import RunDir
+
+    for vol in create_vols:
+        ensure_private_dir(vol.parent)
+        vol.mkdir(mode=0o755, exist_ok=True)
+        if owner is not None:
+            os.chown(vol, *(x or 0 for x in owner))
+    warning = single_id_warning(facts, idmap) if idmap is not None else None
+    if warning:
+        warn_once("single-id", warning)
+    rundir = RunDir.create()
+    remover = None
+    if idmap is not None and facts.uid != 0 and idmap.subordinate:
+        remover = _userns_remover(idmap, facts)
+    try:
+        for sub in ("upper", "work", "root"):
+            (rundir.path / sub).mkdir(mode=0o755)
+            if owner is not None:
+                os.chown(rundir.path / sub, *(x or 0 for x in owner))
+        if owner is not None:
+            os.chmod(rundir.path, 0o711)  # box root (a subordinate id) needs to pass
+        create_host_layers(
+            rundir.path, facts, hostname=hostname, net=req.net, user=user,
+            owner=(owner[0] or 0, owner[1] or 0) if owner is not None else None,
+        )
+        spec = spec_for(str(rundir.path))
+        return _run_box(req, facts, spec, build_plan(spec, facts), idmap, user, rundir.path)
+    finally:
+        rundir.remove(remover)
+
+
+def _userns_remover(idmap: IdMap, facts: HostFacts) -> object:
+    import shutil
+
+    from coopy.spawn import run_in_userns
+
+    def remove(path: Path) -> None:
+        run_in_userns(idmap, lambda: shutil.rmtree(path), facts.newuidmap, facts.newgidmap)
+
+    return remove
+
+
+def _run_box(
+    req: RunRequest,
+    facts: HostFacts,
+    spec: object,
+    ops: tuple[object, ...],
+    idmap: IdMap | None,
+    user: object,
+    box_dir: Path,
+) -> int:
+    from coopy.rootfs import BoxUser
+    from coopy.spawn import Launch, start
+    from coopy.term import Relay, get_winsize, raw_mode, set_winsize
+
+    assert isinstance(user, BoxUser)
+    use_tty = req.tty if req.tty is not None else os.isatty(0)
+    env = build_env(os.environ, req.env, home=user.home, user=user.name,
+                    hostname=getattr(spec, "hostname"))
+    root_box = facts.uid == 0 and idmap is not None
+    ws_idmap = None
+    if root_box and idmap is not None and user.uid != 0:
+        ws_idmap = build_workspace_idmap(idmap, user.uid, user.gid)
+    # Pipes stand in for any of stdout/stderr that is a terminal (see coopy.term).
+    relayed: list[tuple[int, int]] = []
+    box_stdio = [0, 1, 2]
+    if not use_tty:
+        for fd in (1, 2):
+            if os.isatty(fd):
+                rd, wr = os.pipe2(os.O_CLOEXEC)
+                relayed.append((rd, fd))
+                box_stdio[fd] = wr
+        if os.isatty(0):
+            box_stdio[0] = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    launch = Launch(
+        plan=ops,  # type: ignore[arg-type]
+        argv=list(req.command),
+        env=env,
+        cwd=getattr(spec, "workspace_target"),
+        hostname=getattr(spec, "hostname"),
+        init_path=init_path(),
+        idmap=idmap,
+        workspace_idmap=ws_idmap,
+        clone_in_parent=root_box,
+        userxattr=idmap is not None,
+        box_dir=str(box_dir),
+        net=req.net,
+        box_uid=user.uid,
+        box_gid=user.gid,
+        tty=use_tty,
+        stdio=(box_stdio[0], box_stdio[1], box_stdio[2]),
+        newuidmap=facts.newuidmap,
+        newgidmap=facts.newgidmap,
+    )
+    try:
+        started = start(launch)
+    finally:
+        for fd in set(box_stdio) - {0, 1, 2}:
+            os.close(fd)
+    pidfd = os.pidfd_open(started.pid)
+    try:
+        if started.master is not None:
+            master = started.master
+            set_winsize(master, get_winsize(0))
+            with raw_mode(0):
+                Relay([(0, master), (master, 1)], box_sources={master},
+                      on_signal=started.signal, master=master, winsize_from=0).run(pidfd)
+            os.close(master)
+        else:
+            Relay(relayed, box_sources={rd for rd, _ in relayed},
+                  on_signal=started.signal).run(pidfd)
+    finally:
+        for rd, _ in relayed:
+            os.close(rd)
+        os.close(pidfd)
+    return started.wait()

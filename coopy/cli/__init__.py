@@ -1,0 +1,102 @@
+"""The command line: maps each verb to its module and imports only the chosen one.
+
+Start-up time is a feature (``coopy --help`` ≤ 30 ms): nothing but this file and the
+verb's own module is imported before the verb runs.  Each verb lives in
+``coopy/cli/<verb>.py`` with its argparse definition and a ``run(args)`` that calls the
+library; errors become ``coopy: <what failed>: <why>`` plus ``hint: <what to do>``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# verb -> (module, one line for `coopy --help`)
+VERBS = {
+    "run": ("coopy.cli.run", "run a command in a new, ephemeral box"),
+    "doctor": ("coopy.cli.doctor", "check this host and say how to fix what is missing"),
+}
+
+USAGE = """\
+usage: coopy [--debug] [--version] VERB [OPTIONS] ...
+
+coopy runs AI coding agents (or any command) in a box: root inside, its own
+filesystem, hostname, processes and network, the project mounted read-write,
+and nothing else of the host in reach.  No Docker, no root, no daemon.
+
+verbs:
+{verbs}
+
+examples:
+  coopy run -- cat /etc/os-release       a command in a box on the host's programs
+  coopy run -v ~/data:/data:ro -- ls /data
+  coopy doctor                           what works on this host, and fixes
+
+`coopy VERB --help` tells more about each verb.
+"""
+
+
+def _usage() -> str:
+    width = max(len(v) for v in VERBS)
+    return USAGE.format(verbs="\n".join(f"  {v:<{width}}  {d}" for v, (_, d) in VERBS.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``coopy`` command; returns the process exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = False
+    while args and args[0].startswith("-"):
+        opt = args.pop(0)
+        if opt == "--debug":
+            debug = True
+        elif opt == "--version":
+            from coopy import __version__
+
+            print(f"coopy {__version__}")
+            return 0
+        elif opt in ("-h", "--help"):
+            sys.stdout.write(_usage())
+            return 0
+        else:
+            return _fail(f"unknown option {opt}", "see `coopy --help`")
+    if not args:
+        sys.stdout.write(_usage())
+        return 0
+    verb = args.pop(0)
+    if verb not in VERBS:
+        import difflib
+
+        close = difflib.get_close_matches(verb, VERBS, n=1)
+        hint = f"did you mean `coopy {close[0]}`?" if close else "see `coopy --help`"
+        return _fail(f"unknown verb {verb!r}", hint)
+    import importlib
+
+    module = importlib.import_module(VERBS[verb][0])
+    from coopy.errors import CoopyError
+
+    try:
+        parsed = module.parser().parse_args(args)
+        return int(module.run(parsed))
+    except CoopyError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        return _fail(exc.message, exc.hint, exc.exit_code)
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        if debug:
+            raise
+        return _fail(str(exc), "run again with --debug for the full trace")
+
+
+def _fail(message: str, hint: str | None, code: int = 125) -> int:
+    sys.stderr.write(f"coopy: {message}\n")
+    if hint:
+        sys.stderr.write(f"hint: {hint}\n")
+    return code
+
+
+if os.environ.get("COOPY_PROFILE_IMPORTS"):  # pragma: no cover - a developer's aid
+    sys.stderr.write(f"coopy: modules at start: {len(sys.modules)}\n")

@@ -1,0 +1,135 @@
+"""``coopy run``: a command in an ephemeral box, exit status passed through."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from coopy.cli._args import Parser
+
+EPILOG = """\
+examples:
+  coopy run -- cat /etc/os-release
+  echo hi | coopy run -- cat
+  coopy run -w ~/proj -v ~/datasets:/data:ro -e HF_HOME=/data/hf -- python3 train.py
+  coopy run --user $USER -- id          a named non-root user (files still yours)
+  coopy run --dry-run -- true           print the mount plan, start nothing
+
+The workspace (-w, default: the directory of the nearest coop.toml, else the current
+directory) is mounted read-write at its own path and is the working directory.  The
+box gets a PTY of its own when stdin is a terminal, plain pipes otherwise.
+
+exit status: the command's own; 125 when coopy fails, 126 when the command cannot be
+executed, 127 when it is not found, 128+N when signal N killed it.
+"""
+
+
+def parser() -> Parser:
+    """The argument parser of ``coopy run``."""
+    p = Parser(
+        "coopy run",
+        "Create an ephemeral box, run COMMAND in it in the foreground, remove the box.",
+        EPILOG,
+    )
+    p.add_argument("-w", "--workspace", metavar="DIR", type=Path,
+                   help="the project directory, mounted read-write at its own path")
+    p.add_argument("-v", "--volume", metavar="SRC:DST[:ro]", action="append", default=[],
+                   help="mount a host path (~/…, /…, ./…) or a named volume; repeatable")
+    p.add_argument("-e", "--env", metavar="KEY[=VALUE]", action="append", default=[],
+                   help="set a variable in the box (KEY alone: take it from here)")
+    p.add_argument("--image", metavar="REF", help="the image (default: host)")
+    p.add_argument("--hostname", help="the box's hostname (default: the workspace's name)")
+    p.add_argument("--user", metavar="NAME",
+                   help="run as a named non-root user (default: root of the box)")
+    p.add_argument("--net", choices=("none", "host"),
+                   help="none: own network, loopback only (default); host: the host's")
+    p.add_argument("--userns", choices=("auto", "host"), default="auto",
+                   help="host (root only): no user namespace, box root is host root")
+    p.add_argument("--shm-size", metavar="SIZE", help="size of /dev/shm (default 64m)")
+    p.add_argument("-t", "--tty", action="store_true", default=None,
+                   help="give the box a PTY even when stdin is not a terminal")
+    p.add_argument("-T", "--no-tty", dest="tty", action="store_false",
+                   help="plain pipes even when stdin is a terminal")
+    p.add_argument("--dry-run", action="store_true", help="print the mount plan and exit")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the request from the config layers and the flags, then run the box."""
+    from coopy.box import MountRequest, RunRequest, run as run_box
+    from coopy.config import expand_env, find_workspace, load_config, parse_mount_spec
+    from coopy.config import parse_size
+    from coopy.errors import ConfigError
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    cwd = Path.cwd()
+    if args.workspace is not None:
+        workspace, project = find_workspace(args.workspace.expanduser())
+        workspace = args.workspace.expanduser().resolve()
+    else:
+        workspace, project = find_workspace(cwd)
+    home = Path(os.path.expanduser("~"))
+    cli: dict[str, object] = {}
+    if args.image:
+        cli["sandbox.image"] = args.image
+    if args.user:
+        cli["sandbox.user"] = args.user
+    if args.net:
+        cli["network.mode"] = args.net
+    config = load_config(workspace, project, cli=cli)
+
+    mounts = []
+    for spec in config.sandbox.mounts:
+        m = parse_mount_spec(spec, base=workspace, home=home, where="[sandbox] mounts")
+        mounts.append(MountRequest(m.source, m.volume, str(m.target), m.readonly))
+    for m in config.mounts:
+        mounts.append(MountRequest(m.source, m.volume, str(m.target), m.readonly))
+    for spec in args.volume:
+        m = parse_mount_spec(spec, base=cwd, home=home, where="-v")
+        mounts.append(MountRequest(m.source, m.volume, str(m.target), m.readonly))
+
+    env, _missing = expand_env(config.env, os.environ)
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not key or not (key[0].isalpha() or key[0] == "_"):
+            raise ConfigError(f"-e {item}: not a variable name", hint="use -e KEY=VALUE")
+        if sep:
+            env[key] = value
+        elif key in os.environ:
+            env[key] = os.environ[key]
+    net = config.network.mode
+    if net not in ("none", "host"):
+        if args.net is None and net == "private" and "network.mode" not in config.origin:
+            net = "none"  # `private` comes with the networking release; `none` until then
+        else:
+            raise ConfigError(
+                f"network mode {net!r} is not available in this release",
+                hint="use --net none or --net host",
+            )
+    try:
+        shm = parse_size(args.shm_size) if args.shm_size else None
+    except ValueError as exc:
+        raise ConfigError(f"--shm-size: {exc}") from None
+    if shm is None and config.sandbox.shm is not None:
+        shm = config.sandbox.shm if isinstance(config.sandbox.shm, int) else parse_size(
+            config.sandbox.shm)
+    request = RunRequest(
+        command=command,
+        workspace=workspace,
+        workspace_target=config.workspace.path,
+        image=config.sandbox.image,
+        mounts=tuple(mounts),
+        env=env,
+        hostname=args.hostname,
+        user=config.sandbox.user,
+        net=net,
+        userns=args.userns,
+        shm_size=shm,
+        tty=args.tty,
+        dry_run=args.dry_run,
+    )
+    return run_box(request)

@@ -1,0 +1,84 @@
+"""Where coopy keeps things on the host (DESIGN.md, "Places").
+
+* state (box records, upper layers, logs): ``$XDG_STATE_HOME/coopy``
+  (default ``~/.local/state/coopy``);
+* images and layers: ``$XDG_DATA_HOME/coopy`` (default ``~/.local/share/coopy``);
+* sockets: ``$XDG_RUNTIME_DIR/coopy``, else a 0700 ``/tmp/coopy-<uid>`` whose owner is
+  checked.
+
+``COOPY_HOME`` moves state and data together (``$COOPY_HOME/state``, ``$COOPY_HOME/data``),
+for homes on NFS/Lustre where overlay upper dirs and user xattrs don't work.
+Every directory coopy creates is 0700 and must be owned by the caller: a directory that
+another user could have prepared is refused, never used.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from coopy.errors import HostError
+
+
+def _home() -> Path:
+    return Path(os.environ.get("HOME") or os.path.expanduser("~"))
+
+
+def _xdg(var: str, default: str) -> Path:
+    value = os.environ.get(var)
+    if value and os.path.isabs(value):
+        return Path(value)
+    return _home() / default
+
+
+def state_dir() -> Path:
+    """Box records, upper layers and logs."""
+    root = os.environ.get("COOPY_HOME")
+    if root:
+        return Path(root) / "state"
+    return _xdg("XDG_STATE_HOME", ".local/state") / "coopy"
+
+
+def data_dir() -> Path:
+    """Images and layers."""
+    root = os.environ.get("COOPY_HOME")
+    if root:
+        return Path(root) / "data"
+    return _xdg("XDG_DATA_HOME", ".local/share") / "coopy"
+
+
+def runtime_dir() -> Path:
+    """Keeper sockets and locks that must not outlive a reboot."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return Path(xdg) / "coopy"
+    return Path(f"/tmp/coopy-{os.getuid()}")
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (0700, parents as needed) and check that the caller owns it.
+
+    A directory owned by someone else, or writable by others, could have been prepared by
+    another user to redirect coopy's writes: it is refused with the fix.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.lstat()
+    except OSError as exc:
+        raise HostError(
+            f"cannot create {path}: {exc.strerror}",
+            hint="set COOPY_HOME to a directory you can write",
+        ) from exc
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise HostError(
+            f"{path} is not a directory owned by you (uid {os.getuid()})",
+            hint=f"remove it or set COOPY_HOME elsewhere; coopy will not use a directory "
+            f"another user controls",
+        )
+    if st.st_mode & 0o022:
+        raise HostError(
+            f"{path} is writable by other users (mode {stat.S_IMODE(st.st_mode):o})",
+            hint=f"chmod 700 {path}",
+        )
+    return path

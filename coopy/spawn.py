@@ -1,0 +1,515 @@
+"""Starting a box: the fork, the namespaces, the id-map handshake, the plan, exec of init.
+
+Process tree (docs/design.md, "Processes")::
+
+    coopy (P, host) ── A (userns, waits) ── B = PID 1: applies the plan, execs coopy-init
+                                                    └── the command
+
+Why a forked Python child and not a C helper does the namespace work: the plan is
+applied by Python (one interpreter, ``coopy.mount``), and a child forked from the
+single-threaded CLI is single-threaded, which unshare(CLONE_NEWUSER) requires.  Doing it
+in the fork saves a second interpreter start (~6 ms) on every box.  The C helper,
+coopy-init, is what stays in the box: PID 1.
+
+Protocol between P and its children, numbered as in the code below:
+
+1. P forks A.  A: PDEATHSIG, unshare(CLONE_NEWUSER), sends ``U``.
+2. P writes A's uid/gid maps (newuidmap/newgidmap, or directly when it may), clones
+   the host-side sources for boxes of root (id-mapped through A's user namespace), and
+   sends ``M`` with those fds.
+3. A: becomes root of its namespace, unshares mount/UTS/IPC/PID/cgroup(/net), forks B
+   and sends ``B<pid>``; then waits for B and exits with its status.
+4. B (PID 1): applies the plan, opens the box's PTY (sends ``T`` with its master),
+   execs coopy-init from a sealed memfd.  The error pipe is CLOEXEC: EOF means exec
+   happened; any failure before is written to it as JSON and B exits 125.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import struct
+import termios
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from coopy import syscalls as sc
+from coopy.errors import CoopyError, HostError, SetupError
+from coopy.idmap import IdMap, IdRange
+from coopy.mount import Trees, apply_plan, clone_sources
+from coopy.ops import Op
+from coopy.syscalls import CloneFlag as CL
+
+INIT_NAME = "coopy-init"
+_MAX_FDS = 200  # SCM_RIGHTS carries at most 253 fds per message
+
+
+@dataclass
+class Launch:
+    """Everything needed to start one box, resolved and validated."""
+
+    plan: tuple[Op, ...]
+    argv: Sequence[str]
+    env: dict[str, str]
+    cwd: str
+    hostname: str
+    init_path: str
+    idmap: IdMap | None  # None: no user namespace (--userns=host, root only)
+    workspace_idmap: IdMap | None = None  # boxes of root running --user: a swap map
+    clone_in_parent: bool = False  # boxes of root: P clones host-side sources
+    userxattr: bool = True
+    box_dir: str = ""  # the box's state dir; P makes it the children's cwd
+    attach_at: str = "root"  # relative to box_dir: where the new root is attached
+    net: str = "none"
+    box_uid: int = 0
+    box_gid: int = 0
+    tty: bool = False
+    stdio: tuple[int, int, int] = (0, 1, 2)
+    newuidmap: str | None = None
+    newgidmap: str | None = None
+    before_exec: Callable[[], None] | None = field(default=None, repr=False)
+
+
+@dataclass
+class Started:
+    """A running box: A's pid (the one to wait for), B's pidfd, the PTY master if any."""
+
+    pid: int
+    init_pidfd: int
+    master: int | None
+
+    def wait(self) -> int:
+        """Wait for the box to end; its command's status as a shell reports it."""
+        _, status = os.waitpid(self.pid, 0)
+        os.close(self.init_pidfd)
+        if os.WIFSIGNALED(status):
+            return 128 + os.WTERMSIG(status)
+        return os.WEXITSTATUS(status)
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the box's init, which forwards it to the command."""
+        try:
+            sc.pidfd_send_signal(self.init_pidfd, sig)
+        except ProcessLookupError:
+            pass  # already gone: the wait will tell
+
+
+def start(launch: Launch) -> Started:
+    """Start a box; return once its command has been exec'd (or raise why not)."""
+    init_fd = _sealed_copy(launch.init_path)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+    pid = -1
+    try:
+        os.chdir(launch.box_dir)  # inherited by A and B; see Trees
+        pid = os.fork()
+    finally:
+        if pid != 0:
+            os.fchdir(cwd)
+            os.close(cwd)
+    if pid == 0:  # ------------------------------------------------------------- A
+        code = 125
+        try:
+            ours.close()
+            os.close(err_r)
+            _child_a(launch, theirs, err_w, init_fd)
+        except BaseException as exc:  # noqa: BLE001 - reported, then the child exits
+            _report(err_w, exc)
+        finally:
+            os._exit(code)
+    # ------------------------------------------------------------------------------- P
+    theirs.close()
+    os.close(err_w)
+    os.close(init_fd)
+    init_pidfd = -1
+    master: int | None = None
+    try:
+        msg, _ = _recv(ours)
+        if launch.idmap is not None and msg == b"U":
+            payload, fds = _parent_maps(launch, pid)
+            try:
+                if fds:
+                    socket.send_fds(ours, [b"M" + payload], fds)
+                else:
+                    ours.send(b"M")
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            msg, _ = _recv(ours)
+        if msg.startswith(b"B"):
+            init_pidfd = os.pidfd_open(int(msg[1:]))
+            msg, fds = _recv(ours)
+            if msg == b"T" and fds:
+                master = fds[0]
+        error = _read_all(err_r)
+        if error:
+            raise _decode(error)
+        if init_pidfd < 0:
+            raise SetupError("the box's setup process ended without a word")
+    except BaseException:
+        if master is not None:
+            os.close(master)
+        if init_pidfd >= 0:
+            os.close(init_pidfd)
+        _reap(pid)
+        raise
+    finally:
+        os.close(err_r)
+        ours.close()
+    return Started(pid, init_pidfd, master)
+
+
+# ---- P's side ----------------------------------------------------------------------------
+
+
+def _parent_maps(launch: Launch, pid: int) -> tuple[bytes, list[int]]:
+    """Step 2: write A's maps; for boxes of root, clone and id-map the sources."""
+    assert launch.idmap is not None
+    write_maps(pid, launch.idmap, launch.newuidmap, launch.newgidmap)
+    if not launch.clone_in_parent:
+        return b"", []
+    userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    helper = None
+    try:
+        if launch.workspace_idmap is not None:
+            helper = make_userns(launch.workspace_idmap)
+            userns_for_binds = helper
+        else:
+            userns_for_binds = userns
+        trees = clone_sources(launch.plan, userns_for_binds)
+    finally:
+        os.close(userns)
+        if helper is not None:
+            os.close(helper)
+    # The message names the fds that come with it, in order.
+    keys, fds = list(trees), list(trees.values())
+    if len(fds) > _MAX_FDS:
+        for fd in fds:
+            os.close(fd)
+        raise SetupError(f"too many host sources to pass into the box ({len(fds)})")
+    return json.dumps(keys).encode(), fds
+
+
+def write_maps(pid: int, idmap: IdMap, newuidmap: str | None, newgidmap: str | None) -> None:
+    """Write /proc/PID/{uid,gid}_map: directly when allowed, else through newuidmap.
+
+    Root may write any map.  An ordinary user may write a map of its own id only, and
+    only after setgroups is denied (user_namespaces(7)); every other map goes through the
+    setuid newuidmap/newgidmap, which check /etc/subuid and /etc/subgid.
+    """
+    if os.getuid() == 0 or not idmap.subordinate:
+        try:
+            if os.getuid() != 0:
+                _write_proc(pid, "setgroups", "deny")
+            _write_proc(pid, "uid_map", "".join(r.line() + "\n" for r in idmap.uids))
+            _write_proc(pid, "gid_map", "".join(r.line() + "\n" for r in idmap.gids))
+        except OSError as exc:
+            raise HostError(
+                f"cannot write the box's id map: {exc.strerror}",
+                hint="run `coopy doctor` to check user namespace support",
+            ) from exc
+        return
+    if newuidmap is None or newgidmap is None:
+        raise HostError(
+            "newuidmap/newgidmap not found: they are needed to map your subordinate ids",
+            hint="install them (Debian/Ubuntu: sudo apt install uidmap)",
+        )
+    jobs = [
+        (newuidmap, _spawn_map(newuidmap, pid, idmap.uids)),
+        (newgidmap, _spawn_map(newgidmap, pid, idmap.gids)),
+    ]
+    for tool, (child, err_fd) in jobs:
+        message = _read_all(err_fd).decode(errors="replace").strip()
+        os.close(err_fd)
+        _, status = os.waitpid(child, 0)
+        if status != 0:
+            raise HostError(
+                f"{os.path.basename(tool)} failed: {message or f'status {status}'}",
+                hint="check your entries in /etc/subuid and /etc/subgid and that "
+                f"{tool} is setuid root (`coopy doctor` checks both)",
+            )
+
+
+def _spawn_map(tool: str, pid: int, ranges: tuple[IdRange, ...]) -> tuple[int, int]:
+    args = [tool, str(pid)]
+    for r in ranges:
+        args += [str(r.inside), str(r.outside), str(r.count)]
+    rd, wr = os.pipe2(os.O_CLOEXEC)
+    try:
+        child = os.posix_spawn(
+            tool, args, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+            file_actions=[(os.POSIX_SPAWN_DUP2, wr, 2), (os.POSIX_SPAWN_DUP2, wr, 1)],
+        )
+    finally:
+        os.close(wr)
+    return child, rd
+
+
+def _write_proc(pid: int, name: str, text: str) -> None:
+    fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def make_userns(idmap: IdMap) -> int:
+    """A user namespace with ``idmap`` and no process in it, for id-mapped mounts (root)."""
+    rd, wr = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(wr)
+            sc.unshare(CL.CLONE_NEWUSER)
+            os.read(rd, 1)  # the parent has the fd, we may go
+        finally:
+            os._exit(0)
+    os.close(rd)
+    try:
+        # The child may not have unshared yet: wait until its user ns differs from ours.
+        ours = os.stat("/proc/self/ns/user").st_ino
+        for _ in range(10000):
+            if os.stat(f"/proc/{pid}/ns/user").st_ino != ours:
+                break
+            os.sched_yield()
+        _write_proc(pid, "uid_map", "".join(r.line() + "\n" for r in idmap.uids))
+        _write_proc(pid, "setgroups", "deny")
+        _write_proc(pid, "gid_map", "".join(r.line() + "\n" for r in idmap.gids))
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(wr)
+        os.waitpid(pid, 0)
+
+
+def run_in_userns(idmap: IdMap, fn: Callable[[], None], newuidmap: str | None,
+                  newgidmap: str | None) -> None:
+    """Run ``fn`` as root of a fresh user namespace with ``idmap`` (in a child).
+
+    Used to remove files a rootless box left owned by subordinate ids: the caller cannot
+    delete them on the host, box root (with the same map) can.
+    """
+    rd, wr = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(wr)
+            sc.unshare(CL.CLONE_NEWUSER)
+            os.read(rd, 1)
+            os.read(rd, 1)
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+            fn()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(rd)
+    try:
+        ours = os.stat("/proc/self/ns/user").st_ino
+        os.write(wr, b"x")
+        while os.stat(f"/proc/{pid}/ns/user").st_ino == ours:
+            os.sched_yield()
+        write_maps(pid, idmap, newuidmap, newgidmap)
+        os.write(wr, b"x")
+    finally:
+        os.close(wr)
+        _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise OSError(f"removing files from inside a user namespace failed ({status})")
+
+
+# ---- A and B -----------------------------------------------------------------------------
+
+
+def _child_a(launch: Launch, sock: socket.socket, err_w: int, init_fd: int) -> None:
+    parent = os.getppid()
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(125)
+    trees = Trees(launch.box_dir)
+    if launch.idmap is not None:
+        try:
+            sc.unshare(CL.CLONE_NEWUSER)  # 1
+        except OSError as exc:
+            raise HostError(
+                f"cannot create a user namespace: {exc.strerror}",
+                hint="user namespaces are off or restricted on this host; "
+                "`coopy doctor` names the sysctl or AppArmor setting to change",
+            ) from exc
+        sock.send(b"U")
+        msg, fds = _recv(sock)  # 2
+        if not msg.startswith(b"M"):
+            os._exit(125)
+        if fds:
+            trees = Trees(launch.box_dir, dict(zip(json.loads(msg[1:]), fds, strict=True)))
+        if launch.idmap.to_host_uid(0) is not None:
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+    flags = CL.CLONE_NEWNS | CL.CLONE_NEWUTS | CL.CLONE_NEWIPC | CL.CLONE_NEWPID
+    flags |= CL.CLONE_NEWCGROUP
+    if launch.net != "host":
+        flags |= CL.CLONE_NEWNET
+    sc.unshare(flags)  # 3
+    pid = os.fork()
+    if pid == 0:  # ------------------------------------------------------------- B
+        try:
+            _child_b(launch, sock, trees, init_fd)
+        except BaseException as exc:  # noqa: BLE001 - reported, then PID 1 exits
+            _report(err_w, exc)
+        finally:
+            os._exit(125)
+    sock.send(b"B%d" % pid)
+    sock.close()
+    os.close(err_w)
+    os.close(init_fd)
+    for fd in trees.trees.values():
+        os.close(fd)
+    # A only waits; B's status is the box's.  Signals from the terminal go to P.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _, status = os.waitpid(pid, 0)
+    os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+
+
+def _child_b(launch: Launch, sock: socket.socket, trees: Trees, init_fd: int) -> None:
+    parent = os.getppid()
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(125)
+    sc.sethostname(launch.hostname)
+    if launch.net != "host":
+        from coopy.net import bring_up_loopback
+
+        bring_up_loopback()
+    apply_plan(launch.plan, trees, userxattr=launch.userxattr, attach_at=launch.attach_at)
+    try:
+        os.chdir(launch.cwd)
+    except OSError as exc:
+        raise SetupError(f"cannot enter {launch.cwd} in the box: {exc.strerror}") from exc
+    if launch.tty:
+        master, slave = _open_pty()
+        socket.send_fds(sock, [b"T"], [master])  # 4
+        os.close(master)
+        stdio = (slave, slave, slave)
+    else:
+        sock.send(b"-")
+        stdio = launch.stdio
+    for target, fd in enumerate(stdio):
+        os.dup2(fd, target, inheritable=True)
+    if launch.before_exec is not None:
+        launch.before_exec()
+    os.execve(init_fd, build_init_argv(launch), launch.env)
+
+
+def build_init_argv(launch: Launch) -> list[str]:
+    """coopy-init's command line (its contract is at the top of native/coopy-init.c)."""
+    argv = [INIT_NAME]
+    if launch.box_uid != 0 or launch.box_gid != 0:
+        argv += ["-u", str(launch.box_uid), "-g", str(launch.box_gid)]
+    if launch.tty:
+        argv.append("-t")
+    return argv + ["--", *launch.argv]
+
+
+def _open_pty() -> tuple[int, int]:
+    """A PTY of the box's own devpts instance, so `tty` inside names /dev/pts/N."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, termios.TIOCSPTLCK, struct.pack("i", 0))
+    # TIOCGPTPEER (4.13+) opens the slave through the master: no path lookup to race.
+    slave = fcntl.ioctl(master, termios.TIOCGPTPEER if hasattr(termios, "TIOCGPTPEER")
+                        else 0x5441, os.O_RDWR | os.O_NOCTTY)
+    return master, slave
+
+
+def _sealed_copy(path: str) -> int:
+    """coopy-init copied into a sealed memfd: the box can never write to the host's file.
+
+    PID 1's executable is reachable from the box as /proc/1/exe; runc's CVE-2019-5736 was
+    a container overwriting the host binary through it.  A sealed memfd has no file
+    behind it.
+    """
+    try:
+        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise HostError(
+            f"cannot open coopy's box init {path}: {exc.strerror}",
+            hint="reinstall coopy (`pip install` builds its native helpers; a C compiler "
+            "is needed)",
+        ) from exc
+    fd = os.memfd_create(INIT_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        size = os.fstat(src).st_size
+        while size > 0:
+            n = os.sendfile(fd, src, None, size)
+            if n == 0:
+                break
+            size -= n
+        fcntl.fcntl(
+            fd, fcntl.F_ADD_SEALS,
+            fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE,
+        )
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        os.close(src)
+    return fd
+
+
+# ---- framing helpers ---------------------------------------------------------------------
+
+
+def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+    msg, fds, _, _ = socket.recv_fds(sock, 65536, _MAX_FDS)
+    return msg, fds
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _report(err_w: int, exc: BaseException) -> None:
+    """Write a child's failure to the error pipe as JSON (read by P, see _decode)."""
+    if isinstance(exc, CoopyError):
+        data = {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}
+    elif isinstance(exc, OSError):
+        data = {"type": "SetupError", "message": str(exc), "hint": None}
+    elif isinstance(exc, SystemExit):
+        return
+    else:
+        data = {"type": "SetupError", "message": f"{type(exc).__name__}: {exc}", "hint": None}
+    try:
+        os.write(err_w, json.dumps(data).encode())
+    except OSError:
+        pass  # the parent is gone; nobody to tell
+
+
+def _decode(raw: bytes) -> CoopyError:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return SetupError(raw.decode(errors="replace"))
+    cls = {"HostError": HostError}.get(data.get("type"), SetupError)
+    return cls(data.get("message", "?"), data.get("hint"))
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
