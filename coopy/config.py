@@ -52,7 +52,9 @@ def user_config_path(environ: Mapping[str, str] = os.environ) -> Path:
 
 # -- Values: sizes, mounts, environment references ----------------------------------
 
-_SIZE = re.compile(r"(\d+)(?:\.(\d+))?\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+# Patterns stay strings until first use (re caches what it compiles): compiling them
+# all at import would cost milliseconds that every `coopy` invocation pays.
+_SIZE = r"(?i)(\d+)(?:\.(\d+))?\s*(?:([kmgt])(?:i?b)?|b)?"
 _UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -61,7 +63,7 @@ def parse_size(text: str) -> int:
 
     Units are binary (k = 1024).  Raises ValueError saying what is accepted.
     """
-    match = _SIZE.fullmatch(text.strip())
+    match = re.fullmatch(_SIZE, text.strip())
     if match is None:
         raise ValueError(
             f"invalid size {_show(text)}: expected bytes or a number with k, m, g"
@@ -96,18 +98,22 @@ class MountSpec:
 
 class _Invalid(ValueError):
     """A value is wrong; the loader adds the file, line and key."""
+
     def __init__(self, reason: str, hint: str | None = None, index: int | None = None):
         super().__init__(reason)
         self.reason, self.hint, self.index = reason, hint, index
 
 
-@dataclass(frozen=True)
 class _Ctx:
-    base: Path  # relative host paths start here: the file's directory, or the cwd
-    home: Path
+    """Where relative host paths start (the file's directory, or the cwd), and ~."""
+
+    __slots__ = ("base", "home")
+
+    def __init__(self, base: Path, home: Path) -> None:
+        self.base, self.home = base, home
 
 
-_VOLUME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_VOLUME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 _MOUNT_FORMS: Final = '"SRC:DST", "SRC:DST:ro" or "SRC:DST:rw"'
 
 
@@ -146,7 +152,7 @@ def _mount_source(src: str, spec: str, ctx: _Ctx) -> tuple[Path | None, str | No
         return Path(src), None
     if src in (".", "..") or src.startswith(("./", "../")):
         return ctx.base / src, None
-    if _VOLUME.fullmatch(src):
+    if re.fullmatch(_VOLUME, src):
         return None, src
     raise _Invalid(
         f"{_show(spec)}: the source {_show(src)} is neither a path (~/…, /…, ./…) nor"
@@ -171,8 +177,8 @@ def _mount_target(dst: str, spec: str) -> PurePosixPath:
     return PurePosixPath(head, *parts)
 
 
-_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_VAR_REF = re.compile(r"\$(?:([A-Za-z_][A-Za-z0-9_]*)|\{([A-Za-z_][A-Za-z0-9_]*)\})")
+_VAR_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_VAR_REF = rf"\$(?:({_VAR_NAME})|\{{({_VAR_NAME})\}})"
 
 
 def expand_env(
@@ -187,7 +193,7 @@ def expand_env(
     out: dict[str, str] = {}
     missing: list[str] = []
     for key, value in env.items():
-        ref = _VAR_REF.fullmatch(value)
+        ref = re.fullmatch(_VAR_REF, value)
         name = (ref.group(1) or ref.group(2)) if ref else None
         if name is None:
             out[key] = value
@@ -242,7 +248,7 @@ def _count(minimum: int, maximum: int | None = None) -> Convert:
     upto = f" to {maximum}" if maximum is not None else " up"
 
     def convert(value: Any, ctx: _Ctx) -> int:
-        if _is_int(value) and minimum <= value <= (maximum or value):
+        if _is_int(value) and minimum <= value and (maximum is None or value <= maximum):
             return int(value)
         raise _expected(f"a whole number from {minimum}{upto}", value)
 
@@ -287,10 +293,8 @@ def _choice(*choices: str, aliases: Mapping[str, str] | None = None) -> Convert:
 
 
 def _pattern(pattern: str, what: str) -> Convert:
-    regex = re.compile(pattern, re.IGNORECASE)
-
     def convert(value: Any, ctx: _Ctx) -> str:
-        if isinstance(value, str) and regex.fullmatch(value):
+        if isinstance(value, str) and re.fullmatch(pattern, value, re.IGNORECASE):
             return value
         raise _expected(what, value)
 
@@ -323,8 +327,8 @@ def _host_path(value: Any, ctx: _Ctx) -> Path:
 
 
 def _box_path(value: Any, ctx: _Ctx) -> PurePosixPath:
-    parts = value.split("/") if isinstance(value, str) else [".."]
-    if not value.startswith("/") or ".." in parts:
+    parts = value.split("/") if isinstance(value, str) else []
+    if not isinstance(value, str) or not value.startswith("/") or ".." in parts:
         raise _expected('an absolute path in the box, without ".."', value)
     return PurePosixPath("/", *[p for p in parts if p not in ("", ".")])
 
@@ -333,7 +337,7 @@ def _env_value(value: Any, ctx: _Ctx) -> str:
     if not isinstance(value, str):
         hint = f'quote it: "{_show(value)}"'
         raise _Invalid(f"expected a string, got {_show(value)}", hint)
-    if value.startswith("${") and not _VAR_REF.fullmatch(value):
+    if value.startswith("${") and not re.fullmatch(_VAR_REF, value):
         raise _expected('"${NAME}" with NAME made of letters, digits and _', value)
     return value
 
@@ -414,13 +418,9 @@ SCHEMA: Final[Mapping[str, Mapping[str, Convert]]] = {
     },
     "network": {
         # coop's "veth" was its own private network: the same promise, so it maps.
-        "mode": _choice(
-            "private", "host", "none", "allow", aliases={"veth": "private"}
-        ),
+        "mode": _choice("private", "host", "none", "allow", aliases={"veth": "private"}),
         "allow": _list(_pattern(_HOST, "a domain, *.suffix, IP or CIDR"), "hosts"),
-        "ports": _list(
-            _pattern(rf"({_PORT}:)?{_PORT}(/(tcp|udp))?", '"8080:80"'), "ports"
-        ),
+        "ports": _list(_pattern(rf"({_PORT}:)?{_PORT}(/(tcp|udp))?", '"8080:80"'), "ports"),
         "oauth_ports": _list(_count(1, 65535), "port numbers"),
     },
     "gpu": {"devices": _gpu_devices, "exclusive": _bool},
@@ -451,6 +451,7 @@ ADDITIVE: Final = frozenset({"sandbox.mounts", "sandbox.setup", "agent.pass_env"
 @dataclass(frozen=True)
 class SandboxConfig:
     """``[sandbox]`` and ``[[mount]]``: what runs in the box and what it sees."""
+
     image: str = "host"
     agent: str | None = None  # None: a login shell
     args: tuple[str, ...] = ()
@@ -465,6 +466,7 @@ class SandboxConfig:
 @dataclass(frozen=True)
 class WorkspaceConfig:
     """``[workspace]``: the project directory and how it appears in the box."""
+
     root: Path  # the host directory, where coop.toml is (not a key)
     path: PurePosixPath  # where it appears inside; default: root's own path
     git: str = "default"
@@ -476,12 +478,14 @@ class WorkspaceConfig:
 @dataclass(frozen=True)
 class AgentConfig:
     """``[agent]``."""
+
     pass_env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class SessionConfig:
     """``[session]``: what the keeper does."""
+
     auto_restart: bool = False
     restart_delay_ms: int = 1000
     scrollback: int = 256 << 10
@@ -493,6 +497,7 @@ class SessionConfig:
 @dataclass(frozen=True)
 class NetworkConfig:
     """``[network]``."""
+
     mode: str = "private"
     allow: tuple[str, ...] = ()
     ports: tuple[str, ...] = ()
@@ -502,6 +507,7 @@ class NetworkConfig:
 @dataclass(frozen=True)
 class GpuConfig:
     """``[gpu]``: ``devices`` is "all", "none" or a tuple of indices and UUIDs."""
+
     devices: str | tuple[int | str, ...] = "all"
     exclusive: bool = False
 
@@ -509,6 +515,7 @@ class GpuConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     """``[limits]``: memory in bytes; None is no limit."""
+
     pids: int = 4096
     memory: int | None = None
     cpus: float | None = None
@@ -518,6 +525,7 @@ class LimitsConfig:
 @dataclass(frozen=True)
 class SecurityConfig:
     """``[security]``."""
+
     seccomp: bool = True
     nested_userns: bool = False
 
@@ -525,6 +533,7 @@ class SecurityConfig:
 @dataclass(frozen=True)
 class ImageConfig:
     """``[image]``."""
+
     insecure: bool = False
     platform: str | None = None
 
@@ -532,6 +541,7 @@ class ImageConfig:
 @dataclass(frozen=True)
 class CondaConfig:
     """``[conda]``."""
+
     env: str | None = None
     root: Path | None = None
 
@@ -539,12 +549,14 @@ class CondaConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     """``[storage]``."""
+
     root: Path | None = None
 
 
 @dataclass(frozen=True)
 class InputFilterConfig:
     """coop's ``[input_filter]``, accepted so its files load."""
+
     ctrl_c_debounce_ms: int = 500
     block_sequences: tuple[str, ...] = ()
 
@@ -589,16 +601,16 @@ _SECTIONS: Final[Mapping[str, type]] = {
 # -- Loading ------------------------------------------------------------------------
 
 
-@dataclass
 class _Layer:
     """One file's (or the command line's) settings, checked and converted."""
 
-    file: str  # as given, for Config.origin
-    shown: str | None  # for messages: relative to the cwd inside it; None: flags
-    lines: dict[str, int] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict)
-    origin: dict[str, Origin] = field(default_factory=dict)
-    mounts: list[tuple[MountSpec, Origin]] = field(default_factory=list)
+    def __init__(self, file: str, shown: str | None) -> None:
+        self.file = file  # as given, for Config.origin
+        self.shown = shown  # for messages: relative to the cwd inside it; None: flags
+        self.lines: dict[str, int] = {}  # dotted path -> line, from _Scanner
+        self.values: dict[str, Any] = {}  # dotted key -> converted value
+        self.origin: dict[str, Origin] = {}
+        self.mounts: list[tuple[MountSpec, Origin]] = []
 
     def where(self, path: str) -> Origin:
         """(file, line) of ``path``, else of the nearest enclosing key or table."""
@@ -654,7 +666,9 @@ def load_config(
     root = workspace.resolve()
     return Config(
         sandbox=SandboxConfig(**section("sandbox"), mounts=tuple(m for m, _ in mounts)),
-        workspace=WorkspaceConfig(root, PurePosixPath(root), **section("workspace")),
+        workspace=WorkspaceConfig(
+            **{"root": root, "path": PurePosixPath(root)} | section("workspace")
+        ),
         env=MappingProxyType(section("env")),
         **{name: cls(**section(name)) for name, cls in _SECTIONS.items()},
         sources=sources,
@@ -760,8 +774,10 @@ def _check(layer: _Layer, doc: Mapping[str, Any], ctx: _Ctx) -> None:
                 spec = _mount_table(layer, f"{table}[{i}]", entry, ctx)
                 layer.mounts.append((spec, layer.where(f"{table}[{i}]")))
         elif not isinstance(body, dict):
+            homes = [f"[{t}] {table}" for t, keys in SCHEMA.items() if table in keys]
+            hint = f"did you mean {homes[0]}?" if homes else None
             message = f"expected a table, got {_show(body)}"
-            raise layer.error(message, table, f"[{table}]")
+            raise layer.error(message, table, f"[{table}]", hint)
         else:
             for key, value in body.items():
                 path = f"{table}.{key}"
@@ -781,9 +797,7 @@ def _check(layer: _Layer, doc: Mapping[str, Any], ctx: _Ctx) -> None:
         layer.origin["sandbox.agent"] = layer.origin.pop("sandbox.command")
 
 
-def _convert(
-    layer: _Layer, label: str, path: str, key: str, value: Any, ctx: _Ctx
-) -> Any:
+def _convert(layer: _Layer, label: str, path: str, key: str, value: Any, ctx: _Ctx) -> Any:
     """Check one key of the table ``label`` ("[gpu]") and convert its value."""
     kinds = SCHEMA[label.strip("[]")]
     convert = kinds.get(key) or kinds.get("*")
@@ -792,7 +806,7 @@ def _convert(
         tip = f'; did you mean "{near}"?' if near else ""
         message = f'unknown key "{key}" in {label}{tip}'
         raise layer.error(message, path, None, f"{label} takes " + ", ".join(kinds))
-    if "*" in kinds and not _VAR_NAME.fullmatch(key):
+    if "*" in kinds and not re.fullmatch(_VAR_NAME, key):
         hint = "a name is letters, digits and _, not starting with a digit"
         raise layer.error("not a valid variable name", path, f"{label} {key}", hint)
     try:
@@ -802,9 +816,7 @@ def _convert(
         raise layer.error(exc.reason, where, f"{label} {key}", exc.hint) from None
 
 
-def _mount_table(
-    layer: _Layer, path: str, entry: Mapping[str, Any], ctx: _Ctx
-) -> MountSpec:
+def _mount_table(layer: _Layer, path: str, entry: Mapping[str, Any], ctx: _Ctx) -> MountSpec:
     got = {
         key: _convert(layer, "[[mount]]", f"{path}.{key}", key, value, ctx)
         for key, value in entry.items()
@@ -831,8 +843,8 @@ def _mount_table(
 
 
 class _Scanner:
-    _BARE = re.compile(r"[A-Za-z0-9_-]+")
-    _SCALAR = re.compile(r"[^,\]}#\n]+")  # numbers, booleans, dates
+    _BARE = r"[A-Za-z0-9_-]+"
+    _SCALAR = r"[^,\]}#\n]+"  # numbers, booleans, dates
 
     def __init__(self, text: str, lines: dict[str, int]) -> None:
         self.text, self.pos, self.line, self.lines = text, 0, 1, lines
@@ -882,7 +894,7 @@ class _Scanner:
             self.skip(False)
             if self.peek() in ('"', "'"):
                 parts.append(self.string())
-            elif bare := self._BARE.match(self.text, self.pos):
+            elif bare := re.compile(self._BARE).match(self.text, self.pos):
                 parts.append(bare.group())
                 self.advance(bare.end() - self.pos)
             else:
@@ -915,7 +927,7 @@ class _Scanner:
             self.string()
             return
         if opening not in ("[", "{"):
-            scalar = self._SCALAR.match(self.text, self.pos)
+            scalar = re.compile(self._SCALAR).match(self.text, self.pos)
             self.advance(scalar.end() - self.pos if scalar else 1)
             return
         closing, index = ("]" if opening == "[" else "}"), 0

@@ -272,7 +272,9 @@ class Applier:
             opts["workdir"] = self.trees.layer(work)
         if self.userxattr:
             opts["userxattr"] = None
-        attr = MA.MOUNT_ATTR_NOSUID | (MA.MOUNT_ATTR_NODEV if upper is None else 0)
+        attr = MA.MOUNT_ATTR_NOSUID
+        if upper is None:  # a layer view (/etc of the host image): read-only, no devices
+            attr |= MA.MOUNT_ATTR_NODEV | MA.MOUNT_ATTR_RDONLY
         return sc.fsmount_new("overlay", opts, attr)
 
     def _mask(self, target: str) -> None:

@@ -32,7 +32,6 @@ import os
 import signal
 import socket
 import struct
-import termios
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +43,8 @@ from coopy.ops import Op
 from coopy.syscalls import CloneFlag as CL
 
 INIT_NAME = "coopy-init"
+_TIOCSPTLCK = 0x40045431  # not in Python's termios module
+_TIOCGPTPEER = 0x5441
 _MAX_FDS = 200  # SCM_RIGHTS carries at most 253 fds per message
 
 
@@ -417,10 +418,9 @@ def build_init_argv(launch: Launch) -> list[str]:
 def _open_pty() -> tuple[int, int]:
     """A PTY of the box's own devpts instance, so `tty` inside names /dev/pts/N."""
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    fcntl.ioctl(master, termios.TIOCSPTLCK, struct.pack("i", 0))
+    fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))  # unlockpt(3)
     # TIOCGPTPEER (4.13+) opens the slave through the master: no path lookup to race.
-    slave = fcntl.ioctl(master, termios.TIOCGPTPEER if hasattr(termios, "TIOCGPTPEER")
-                        else 0x5441, os.O_RDWR | os.O_NOCTTY)
+    slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
     return master, slave
 
 

@@ -29,6 +29,7 @@ class RunDir:
     @classmethod
     def create(cls) -> RunDir:
         """Make a fresh locked run directory (and sweep those of dead runs)."""
+        ensure_private_dir(state_dir())
         base = ensure_private_dir(state_dir() / "run")
         sweep_stale(base)
         while True:

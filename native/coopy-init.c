@@ -93,6 +93,9 @@ int main(int argc, char **argv)
 	if (!name)
 		name = cmd[0];
 
+	/* Exec'd from a memfd, the kernel named us after the fd ("3"); `ps` should say. */
+	prctl(PR_SET_NAME, "coopy-init", 0, 0, 0);
+
 	/* (1) Nothing of the host survives past this point but fds 0-2. */
 	close_inherited();
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from coopy.cli._args import Parser
 
@@ -67,11 +67,10 @@ def run(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     cwd = Path.cwd()
+    # -w names the workspace itself; its coop.toml, if any, is the one in it or above.
+    workspace, project = find_workspace(args.workspace.expanduser() if args.workspace else cwd)
     if args.workspace is not None:
-        workspace, project = find_workspace(args.workspace.expanduser())
         workspace = args.workspace.expanduser().resolve()
-    else:
-        workspace, project = find_workspace(cwd)
     home = Path(os.path.expanduser("~"))
     cli: dict[str, object] = {}
     if args.image:
@@ -82,12 +81,13 @@ def run(args: argparse.Namespace) -> int:
         cli["network.mode"] = args.net
     config = load_config(workspace, project, cli=cli)
 
-    mounts = []
-    for spec in config.sandbox.mounts:
-        m = parse_mount_spec(spec, base=workspace, home=home, where="[sandbox] mounts")
-        mounts.append(MountRequest(m.source, m.volume, str(m.target), m.readonly))
-    for m in config.mounts:
-        mounts.append(MountRequest(m.source, m.volume, str(m.target), m.readonly))
+    # `~/…` targets (coop's files use them) mean the box user's home.
+    box_home = PurePosixPath("/root" if config.sandbox.user in (None, "root")
+                             else f"/home/{config.sandbox.user}")
+    mounts = [
+        MountRequest(m.source, m.volume, str(m.target_for(box_home)), m.readonly)
+        for m in config.sandbox.mounts
+    ]
     for spec in args.volume:
         m = parse_mount_spec(spec, base=cwd, home=home, where="-v")
         mounts.append(MountRequest(m.source, m.volume, str(m.target), m.readonly))
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             env[key] = os.environ[key]
     net = config.network.mode
     if net not in ("none", "host"):
-        if args.net is None and net == "private" and "network.mode" not in config.origin:
+        if net == "private" and "network.mode" not in config.origin:
             net = "none"  # `private` comes with the networking release; `none` until then
         else:
             raise ConfigError(
@@ -114,13 +114,12 @@ def run(args: argparse.Namespace) -> int:
         shm = parse_size(args.shm_size) if args.shm_size else None
     except ValueError as exc:
         raise ConfigError(f"--shm-size: {exc}") from None
-    if shm is None and config.sandbox.shm is not None:
-        shm = config.sandbox.shm if isinstance(config.sandbox.shm, int) else parse_size(
-            config.sandbox.shm)
+    if shm is None:
+        shm = config.sandbox.shm
     request = RunRequest(
         command=command,
         workspace=workspace,
-        workspace_target=config.workspace.path,
+        workspace_target=str(config.workspace.path),
         image=config.sandbox.image,
         mounts=tuple(mounts),
         env=env,
