@@ -18,6 +18,7 @@ from pathlib import Path
 from coopy.errors import ConfigError, CoopyError, HostError
 from coopy.facts import HostFacts
 from coopy.idmap import IdMap, build_idmap, build_workspace_idmap
+from coopy.mount import STATE_FS_HINT
 
 # The environment of a box is built, never inherited: these host variables pass through
 # (they describe the terminal, the locale and the proxies, not the user's secrets).
@@ -206,6 +207,14 @@ def run(req: RunRequest) -> int:
         host_passwd = ""
     user = box_user(facts, req.user, host_passwd)
     idmap = plan_ids(facts, user.uid, user.gid, req.userns)
+    if idmap is not None and idmap.subordinate and facts.uid != 0 and (
+        facts.newuidmap is None or facts.newgidmap is None
+    ):
+        raise HostError(
+            "newuidmap/newgidmap not found: they map your subordinate ids into the box",
+            hint="install them (Debian/Ubuntu: sudo apt install uidmap), or remove your "
+            "/etc/subuid entry to run boxes with a single user",
+        )
     if idmap is not None and user.uid != 0 and idmap.to_host_uid(user.uid) is None:
         raise HostError(f"user {user.name} (uid {user.uid}) does not exist in this box's id map")
 
@@ -270,10 +279,16 @@ def run(req: RunRequest) -> int:
                 os.chown(rundir.path / sub, *(x or 0 for x in owner))
         if owner is not None:
             os.chmod(rundir.path, 0o711)  # box root (a subordinate id) needs to pass
-        create_host_layers(
-            rundir.path, facts, hostname=hostname, net=req.net, user=user,
-            owner=(owner[0] or 0, owner[1] or 0) if owner is not None else None,
-        )
+        try:
+            create_host_layers(
+                rundir.path, facts, hostname=hostname, net=req.net, user=user,
+                owner=(owner[0] or 0, owner[1] or 0) if owner is not None else None,
+            )
+        except OSError as exc:
+            raise HostError(
+                f"cannot prepare the box's layers in {rundir.path}: {exc.strerror}",
+                hint=STATE_FS_HINT,
+            ) from exc
         spec = spec_for(str(rundir.path))
         return _run_box(req, facts, spec, build_plan(spec, facts), idmap, user, rundir.path)
     finally:

@@ -129,7 +129,8 @@ def parse_mount_spec(spec: str, *, base: Path, home: Path, where: str) -> MountS
         return _mount(spec, _Ctx(base, home))
     except _Invalid as exc:
         message = f"{where}: {exc.reason}" if where else exc.reason
-        raise ConfigError(message, exc.hint) from None
+        hint = exc.hint or "e.g. ~/data:/data:ro (a path), cache:/root/.cache (a volume)"
+        raise ConfigError(message, hint) from None
 
 
 def _mount(spec: str, ctx: _Ctx) -> MountSpec:

@@ -36,6 +36,10 @@ class HostFacts:
     max_user_namespaces: int
     unprivileged_userns_clone: int | None  # Debian's sysctl; None where absent
     apparmor_restrict_userns: int | None  # Ubuntu 23.10+; None where absent
+    # Whether something is mounted below the host's /etc (Docker and Kubernetes bind
+    # /etc/hosts, /etc/resolv.conf…): overlay refuses such a layer in a user namespace
+    # (its submounts are locked), so the host image then uses a copy of /etc.
+    etc_submounts: bool = False
     # Top-level entries of the host root among HOST_IMAGE_DIRS: name -> symlink text, or
     # None for a real directory (merged-/usr hosts have bin -> usr/bin).
     layout: dict[str, str | None] = field(default_factory=dict)
@@ -92,6 +96,10 @@ def probe_host() -> HostFacts:
         except OSError:  # EINVAL: a real directory, not a symlink
             if os.path.isdir(path):
                 layout[name] = None
+    mountinfo = _read("/proc/self/mountinfo") or ""
+    etc_submounts = any(
+        len(f) > 4 and f[4].startswith("/etc/") for f in (ln.split() for ln in mountinfo.splitlines())
+    )
     return HostFacts(
         uid=uid,
         gid=gid,
@@ -108,5 +116,6 @@ def probe_host() -> HostFacts:
         apparmor_restrict_userns=_read_int(
             "/proc/sys/kernel/apparmor_restrict_unprivileged_userns"
         ),
+        etc_submounts=etc_submounts,
         layout=layout,
     )

@@ -45,6 +45,11 @@ from coopy.syscalls import MountAttr as MA
 from coopy.syscalls import MountFlag as MS
 from coopy.syscalls import Resolve
 
+STATE_FS_HINT = (
+    "coopy's state directory must be on a local filesystem that can hold overlay upper "
+    "dirs (ext4, xfs, btrfs, tmpfs; not NFS, not overlayfs as in a container): set "
+    "COOPY_HOME to a directory on one"
+)
 _IN_ROOT = Resolve.RESOLVE_IN_ROOT | Resolve.RESOLVE_NO_MAGICLINKS
 _CLONE = sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC
 _MOVE = sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH
@@ -195,7 +200,12 @@ class Applier:
     def _apply(self, op: Op) -> None:
         match op:
             case Overlay("/", lowers, upper, work):
-                self.root = self._overlay(lowers, upper, work)
+                try:
+                    self.root = self._overlay(lowers, upper, work)
+                except OSError as exc:
+                    raise SetupError(
+                        f"{describe(op)}: {exc.strerror or exc}", hint=STATE_FS_HINT, op=op
+                    ) from exc
                 mp = os.open(self.attach_at, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
                     sc.move_mount(self.root, "", mp, "", _MOVE)
@@ -205,8 +215,7 @@ class Applier:
                     raise SetupError(
                         "the root overlay came up read-only: its upper directory is not "
                         "usable (no user xattrs or no write access)",
-                        hint="set COOPY_HOME to a directory on a local ext4/xfs/btrfs "
-                        "filesystem",
+                        hint=STATE_FS_HINT,
                     )
             case Overlay(target, lowers, upper, work):
                 self._attach(self._overlay(lowers, upper, work), self._target(target))

@@ -105,7 +105,8 @@ def plan_host_image(spec: BoxSpec, facts: HostFacts) -> tuple[Op, ...]:
         if link is None:
             ops.append(Bind(f"/{name}", f"/{name}", readonly=True, nodev=True))
     # /etc: the generated layer over the host's, with no upper: read-only.
-    ops.append(Overlay("/etc", (spec.etc, "/etc")))
+    host_etc = f"{spec.box_dir}/etc-host" if facts.etc_submounts else "/etc"
+    ops.append(Overlay("/etc", (spec.etc, host_etc)))
     return tuple(ops)
 
 

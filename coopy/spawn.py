@@ -350,6 +350,11 @@ def _child_a(launch: Launch, sock: socket.socket, err_w: int, init_fd: int) -> N
         if launch.idmap.to_host_uid(0) is not None:
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
+            # A change of credentials clears the parent-death signal (prctl(2)): set it
+            # again, and make sure the parent did not die in between.
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(125)
     flags = CL.CLONE_NEWNS | CL.CLONE_NEWUTS | CL.CLONE_NEWIPC | CL.CLONE_NEWPID
     flags |= CL.CLONE_NEWCGROUP
     if launch.net != "host":

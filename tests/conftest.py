@@ -180,6 +180,16 @@ def box_user(request: pytest.FixtureRequest) -> Iterator[BoxUser]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def rootless_user() -> Iterator[BoxUser]:
+    """Only the unprivileged user: for what does not exist for root (newuidmap)."""
+    pw = ensure_test_user() if os.getuid() == 0 else pwd.getpwuid(os.getuid())
+    user = BoxUser("rootless", pw)
+    yield user
+    for path in user.made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 # ---- residue -----------------------------------------------------------------------------
 
 
