@@ -9,8 +9,8 @@ import pytest
 from coopy.facts import HostFacts
 from coopy.ops import (
     Bind,
-    Devpts,
     DevNode,
+    Devpts,
     MaskPath,
     Mkdir,
     Mqueue,
@@ -52,7 +52,9 @@ SPLIT_USR: dict[str, str | None] = {
 HOST_BIND_SOURCES = {"/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt", "/sys"}
 
 
-def facts(layout: dict[str, str | None], uid: int = 1000) -> HostFacts:
+def facts(
+    layout: dict[str, str | None], uid: int = 1000, etc_submounts: bool = False
+) -> HostFacts:
     return HostFacts(
         uid=uid,
         gid=uid,
@@ -67,6 +69,7 @@ def facts(layout: dict[str, str | None], uid: int = 1000) -> HostFacts:
         max_user_namespaces=1000,
         unprivileged_userns_clone=None,
         apparmor_restrict_userns=None,
+        etc_submounts=etc_submounts,
         layout=layout,
     )
 
@@ -200,6 +203,18 @@ def test_host_dirs_bound_read_only(layout: dict[str, str | None], bound: list[st
     # Merged-/usr symlinks are the skeleton's business: never a mount, never an op here.
     links = {f"/{n}" for n, t in layout.items() if t is not None}
     assert not [op for op in plan if getattr(op, "target", None) in links]
+
+
+@pytest.mark.parametrize(
+    ("etc_submounts", "host_etc"),
+    [(False, "/etc"), (True, "/state/run/1/etc-host")],
+    ids=["etc", "etc-copy"],
+)
+def test_etc_lower_by_submounts(etc_submounts: bool, host_etc: str) -> None:
+    # Overlay refuses a lower with locked submounts in a user namespace: use the copy.
+    plan = build_plan(spec(), facts(MERGED_USR, etc_submounts=etc_submounts))
+    (etc,) = [op for op in plan if isinstance(op, Overlay) and op.target == "/etc"]
+    assert etc == Overlay("/etc", ("/state/run/1/etc", host_etc))
 
 
 @pytest.mark.parametrize(

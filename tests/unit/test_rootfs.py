@@ -16,6 +16,7 @@ from coopy.rootfs import (
     build_hosts,
     build_passwd,
     build_resolv_conf,
+    copy_host_etc,
     hidden_etc_entries,
 )
 
@@ -325,3 +326,30 @@ def test_hidden_etc_entries_hidden_dir_not_descended(
     assert hidden == [rel for rel, _, _, h in tree if h]
     for a in hidden:
         assert not [b for b in hidden if b.startswith(a + "/")], hidden
+
+
+# --- copy_host_etc ----------------------------------------------------------------------
+
+
+def test_copy_host_etc(fake_etc: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "etc-host"
+    copy_host_etc(dst, str(fake_etc))
+    copied = {
+        str(p.relative_to(dst)): p for p in dst.rglob("*")
+    }
+    for rel, kind, mode, _ in ETC_TREE:
+        src = fake_etc / rel
+        parent_readable = all(
+            m & 0o005 == 0o005 for r, k, m, _ in ETC_TREE if k == "d" and rel.startswith(r + "/")
+        )
+        if kind == "l":
+            assert os.readlink(copied[rel]) == os.readlink(src), rel
+        elif not parent_readable:
+            assert rel not in copied, rel
+        elif kind == "d":
+            assert (rel in copied) is (mode & 0o005 == 0o005), rel
+        else:
+            assert (rel in copied) is bool(mode & 0o004), rel
+            if rel in copied:
+                assert copied[rel].read_text() == "x"
+                assert copied[rel].stat().st_mode & 0o777 == mode
