@@ -64,7 +64,7 @@ class RunRequest:
 
 def box_hostname(workspace: Path) -> str:
     """A valid hostname from the workspace's name (``My Project`` → ``my-project``)."""
-    name = _NAME_RE.sub("-", workspace.name).strip("-").lower()[:63]
+    name = _NAME_RE.sub("-", workspace.name).lower()[:63].strip("-")
     return name or "box"
 
 

@@ -159,6 +159,8 @@ def hidden_etc_entries(etc: str = "/etc") -> list[str]:
     """
     hidden = []
     for sub in ("", *SECRET_DIRS):
+        if sub in hidden:
+            continue  # hidden whole by its own whiteout; entries under it would clash
         base = os.path.join(etc, sub)
         try:
             entries = list(os.scandir(base))

@@ -110,18 +110,20 @@ def test_tiocsti_cannot_reach_the_callers_terminal(box_user: BoxUser) -> None:
     ws = box_user.workspace()
     shell = spawn_shell(box_user, str(ws))
     shell.expect(r"\$ ")
-    inject = (
+    script = ws / "inject.py"
+    script.write_text(
         "import fcntl, termios\n"
         "for fd in (0, 1, 2):\n"
         "    try:\n"
-        "        [fcntl.ioctl(fd, termios.TIOCSTI, bytes([c])) for c in b'touch PWNED\\n']\n"
+        "        for c in b'touch PWNED\\n':\n"
+        "            fcntl.ioctl(fd, termios.TIOCSTI, bytes([c]))\n"
         "    except OSError:\n"
         "        pass\n"
     )
     for mode in ([], ["-T"]):  # with the box's PTY, and with plain pipes
-        argv = " ".join(f"'{a}'" for a in box_user.argv(["run", *mode, "--", "python3", "-c",
-                                                         inject]))
-        shell.sendline(f"{argv} < /dev/null; echo done-$?")
+        argv = " ".join(f"'{a}'" for a in box_user.argv(["run", *mode, "--", "python3",
+                                                         str(script)]))
+        shell.sendline(f"{argv}; echo done-$?")
         shell.expect("done-0")
         shell.expect(r"\$ ")
     shell.sendline("sleep 0.3; ls PWNED 2>/dev/null || echo not-injected")
