@@ -12,7 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 
 from coopy.errors import ConfigError, CoopyError, HostError
@@ -32,8 +32,7 @@ BOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NAME_RE = re.compile(r"[^a-zA-Z0-9-]+")
 
 
-@dataclass(frozen=True)
-class MountRequest:
+class MountRequest(NamedTuple):
     """A validated ``-v``/``mounts`` entry: host source (or volume name), box target."""
 
     source: Path | None
@@ -42,8 +41,7 @@ class MountRequest:
     readonly: bool
 
 
-@dataclass(frozen=True)
-class RunRequest:
+class RunRequest(NamedTuple):
     """What ``coopy run`` was asked for, after config layering."""
 
     command: Sequence[str]
@@ -51,7 +49,7 @@ class RunRequest:
     workspace_target: str | None = None
     image: str = "host"
     mounts: tuple[MountRequest, ...] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = {}  # noqa: RUF012 - never mutated
     hostname: str | None = None
     user: str | None = None
     net: str = "none"

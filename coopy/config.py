@@ -14,10 +14,9 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from coopy.errors import ConfigError
 
@@ -76,8 +75,7 @@ def parse_size(text: str) -> int:
     return int(whole + frac) * _UNITS[unit.lower()] // int(10 ** len(frac))
 
 
-@dataclass(frozen=True)
-class MountSpec:
+class MountSpec(NamedTuple):
     """One mount asked for: a host path or a named volume, at ``target`` in the box.
 
     ``target`` is absolute, or ``~/…`` (coop's form) for the box user's home, which
@@ -449,8 +447,7 @@ ADDITIVE: Final = frozenset({"sandbox.mounts", "sandbox.setup", "agent.pass_env"
 # -- The result; field defaults are the built-in layer ------------------------------
 
 
-@dataclass(frozen=True)
-class SandboxConfig:
+class SandboxConfig(NamedTuple):
     """``[sandbox]`` and ``[[mount]]``: what runs in the box and what it sees."""
 
     image: str = "host"
@@ -464,8 +461,7 @@ class SandboxConfig:
     tmp_size: int | None = None
 
 
-@dataclass(frozen=True)
-class WorkspaceConfig:
+class WorkspaceConfig(NamedTuple):
     """``[workspace]``: the project directory and how it appears in the box."""
 
     root: Path  # the host directory, where coop.toml is (not a key)
@@ -476,15 +472,13 @@ class WorkspaceConfig:
     mount: Path | None = None
 
 
-@dataclass(frozen=True)
-class AgentConfig:
+class AgentConfig(NamedTuple):
     """``[agent]``."""
 
     pass_env: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class SessionConfig:
+class SessionConfig(NamedTuple):
     """``[session]``: what the keeper does."""
 
     auto_restart: bool = False
@@ -495,8 +489,7 @@ class SessionConfig:
     persist: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class NetworkConfig:
+class NetworkConfig(NamedTuple):
     """``[network]``."""
 
     mode: str = "private"
@@ -505,16 +498,14 @@ class NetworkConfig:
     oauth_ports: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
-class GpuConfig:
+class GpuConfig(NamedTuple):
     """``[gpu]``: ``devices`` is "all", "none" or a tuple of indices and UUIDs."""
 
     devices: str | tuple[int | str, ...] = "all"
     exclusive: bool = False
 
 
-@dataclass(frozen=True)
-class LimitsConfig:
+class LimitsConfig(NamedTuple):
     """``[limits]``: memory in bytes; None is no limit."""
 
     pids: int = 4096
@@ -523,47 +514,41 @@ class LimitsConfig:
     nofile: int | None = None
 
 
-@dataclass(frozen=True)
-class SecurityConfig:
+class SecurityConfig(NamedTuple):
     """``[security]``."""
 
     seccomp: bool = True
     nested_userns: bool = False
 
 
-@dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(NamedTuple):
     """``[image]``."""
 
     insecure: bool = False
     platform: str | None = None
 
 
-@dataclass(frozen=True)
-class CondaConfig:
+class CondaConfig(NamedTuple):
     """``[conda]``."""
 
     env: str | None = None
     root: Path | None = None
 
 
-@dataclass(frozen=True)
-class StorageConfig:
+class StorageConfig(NamedTuple):
     """``[storage]``."""
 
     root: Path | None = None
 
 
-@dataclass(frozen=True)
-class InputFilterConfig:
+class InputFilterConfig(NamedTuple):
     """coop's ``[input_filter]``, accepted so its files load."""
 
     ctrl_c_debounce_ms: int = 500
     block_sequences: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     """The merged configuration, and where each key came from.
 
     ``origin`` maps dotted keys (``"network.mode"``, ``"env.TOKEN"``,
@@ -585,7 +570,7 @@ class Config:
     storage: StorageConfig = StorageConfig()
     input_filter: InputFilterConfig = InputFilterConfig()
     sources: tuple[Path, ...] = ()
-    origin: Mapping[str, Origin] = field(default_factory=dict)
+    origin: Mapping[str, Origin] = {}  # noqa: RUF012 - never mutated
 
     def keys_from(self, file: Path) -> tuple[str, ...]:
         """Return the dotted keys whose value ``file`` set (for ``coopy trust``)."""

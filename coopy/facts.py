@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from coopy.idmap import SubRange, parse_subid_file
 
@@ -19,8 +19,7 @@ HOST_IMAGE_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "opt
 _HELPER_DIRS = ("/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin")
 
 
-@dataclass(frozen=True)
-class HostFacts:
+class HostFacts(NamedTuple):
     """Everything the plan depends on that comes from the host."""
 
     uid: int
@@ -42,7 +41,7 @@ class HostFacts:
     etc_submounts: bool = False
     # Top-level entries of the host root among HOST_IMAGE_DIRS: name -> symlink text, or
     # None for a real directory (merged-/usr hosts have bin -> usr/bin).
-    layout: dict[str, str | None] = field(default_factory=dict)
+    layout: dict[str, str | None] = {}  # noqa: RUF012 - never mutated
 
     @property
     def rootless(self) -> bool:

@@ -14,13 +14,12 @@ Three shapes (see docs/design.md, "Ids"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 BOX_IDS = 65536  # ids 0…65535 inside a box, as in a normal system
 
 
-@dataclass(frozen=True)
-class IdRange:
+class IdRange(NamedTuple):
     """``count`` ids from ``inside`` in the box are ``outside`` on the host (a map line)."""
 
     inside: int
@@ -32,8 +31,7 @@ class IdRange:
         return f"{self.inside} {self.outside} {self.count}"
 
 
-@dataclass(frozen=True)
-class IdMap:
+class IdMap(NamedTuple):
     """The uid and gid maps of one box, and how they must be written."""
 
     uids: tuple[IdRange, ...]
@@ -60,8 +58,7 @@ def _lookup(ranges: tuple[IdRange, ...], box_id: int) -> int | None:
     return None
 
 
-@dataclass(frozen=True)
-class SubRange:
+class SubRange(NamedTuple):
     """A subordinate id range from /etc/subuid or /etc/subgid."""
 
     start: int

@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass, field
 
 from coopy import syscalls as sc
 from coopy.errors import SetupError
@@ -55,7 +54,6 @@ _CLONE = sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC
 _MOVE = sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH
 
 
-@dataclass
 class Trees:
     """Where the interpreter finds its host-side sources.
 
@@ -68,8 +66,9 @@ class Trees:
     overlay refuses clones made in a namespace box root has no rights over.
     """
 
-    box_dir: str = ""
-    trees: dict[str, int] = field(default_factory=dict)
+    def __init__(self, box_dir: str = "", trees: dict[str, int] | None = None) -> None:
+        self.box_dir = box_dir
+        self.trees = trees if trees is not None else {}
 
     def tree(self, source: str, *, recursive: bool = True) -> int:
         """A detached tree of ``source`` to attach once (the caller closes it).
@@ -121,15 +120,15 @@ def clone_sources(ops: tuple[Op, ...], userns_fd: int | None) -> dict[str, int]:
     return trees
 
 
-@dataclass
 class Applier:
     """Applies ops one by one; ``root`` is the new root's mount fd once it exists."""
 
-    trees: Trees
-    userxattr: bool
-    attach_at: str
-    root: int = -1
-    _fds: list[int] = field(default_factory=list)
+    def __init__(self, trees: Trees, userxattr: bool, attach_at: str) -> None:
+        self.trees = trees
+        self.userxattr = userxattr
+        self.attach_at = attach_at
+        self.root = -1
+        self._fds: list[int] = []
 
     # ---- resolution inside the new root -------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The operations a mount plan is made of: frozen dataclasses, one per kind of step.
+"""The operations a mount plan is made of: immutable records (NamedTuple), one per kind of step.
 
 A plan (see :mod:`coopy.plan`) is a tuple of these; :mod:`coopy.mount` applies it.  Box
 paths (``target``) are absolute paths *inside* the new root and are always resolved
@@ -10,11 +10,10 @@ credentials.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Overlay:
+class Overlay(NamedTuple):
     """OverlayFS at ``target`` (``/`` for the root) over host ``lowers`` (top first).
 
     ``upper`` and ``work`` are host directories under one parent; without them the
@@ -29,8 +28,7 @@ class Overlay:
     work: str | None = None
 
 
-@dataclass(frozen=True)
-class Bind:
+class Bind(NamedTuple):
     """Bind the host path ``source`` at ``target``: recursive, nosuid, nodev by default.
 
     ``idmap`` asks for an id-mapped mount (kernel 5.12+) so that files the box writes
@@ -46,8 +44,7 @@ class Bind:
     noexec: bool = False
 
 
-@dataclass(frozen=True)
-class Tmpfs:
+class Tmpfs(NamedTuple):
     """A fresh tmpfs at ``target``."""
 
     target: str
@@ -58,8 +55,7 @@ class Tmpfs:
     readonly: bool = False
 
 
-@dataclass(frozen=True)
-class Proc:
+class Proc(NamedTuple):
     """A fresh procfs for the box's pid namespace at ``target``.
 
     Mounted before the pivot: the kernel refuses a proc mount in a user namespace unless a
@@ -69,67 +65,58 @@ class Proc:
     target: str = "/proc"
 
 
-@dataclass(frozen=True)
-class Sysfs:
+class Sysfs(NamedTuple):
     """A fresh, read-only sysfs (only allowed when the box owns its network namespace)."""
 
     target: str = "/sys"
 
 
-@dataclass(frozen=True)
-class Devpts:
+class Devpts(NamedTuple):
     """A new devpts instance: the box's PTYs are its own (``gid`` = tty group if mapped)."""
 
     target: str = "/dev/pts"
     gid: int | None = None
 
 
-@dataclass(frozen=True)
-class Mqueue:
+class Mqueue(NamedTuple):
     """POSIX message queues of the box's IPC namespace."""
 
     target: str = "/dev/mqueue"
 
 
-@dataclass(frozen=True)
-class DevNode:
+class DevNode(NamedTuple):
     """Bind the host device node /dev/``name`` (a userns cannot mknod; never nodev)."""
 
     name: str
 
 
-@dataclass(frozen=True)
-class Mkdir:
+class Mkdir(NamedTuple):
     """Create a directory (and missing parents) inside the new root."""
 
     target: str
     mode: int = 0o755
 
 
-@dataclass(frozen=True)
-class Symlink:
+class Symlink(NamedTuple):
     """Create ``target`` as a symlink to ``to`` (the link text is not resolved)."""
 
     target: str
     to: str
 
 
-@dataclass(frozen=True)
-class MaskPath:
+class MaskPath(NamedTuple):
     """Hide ``target``: /dev/null over a file, an empty read-only tmpfs over a directory."""
 
     target: str
 
 
-@dataclass(frozen=True)
-class ReadOnly:
+class ReadOnly(NamedTuple):
     """Make an existing path (and what is mounted under it) read-only."""
 
     target: str
 
 
-@dataclass(frozen=True)
-class PivotRoot:
+class PivotRoot(NamedTuple):
     """Make the new root ``/``, then detach the old one entirely."""
 
 

@@ -9,7 +9,7 @@ tmpfs dirs, the workspace and volumes, and the pivot last.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import PurePosixPath
 
 from coopy.facts import HostFacts
@@ -66,8 +66,7 @@ PROC_READONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
 DEFAULT_SHM = 64 << 20  # like Docker; [sandbox] shm raises it (CUDA/NCCL want more)
 
 
-@dataclass(frozen=True)
-class Volume:
+class Volume(NamedTuple):
     """A host directory or file (or a named volume's directory) shown in the box."""
 
     source: str
@@ -76,8 +75,7 @@ class Volume:
     directory: bool = True
 
 
-@dataclass(frozen=True)
-class BoxSpec:
+class BoxSpec(NamedTuple):
     """Everything the plan needs to know about one box, already validated."""
 
     name: str
@@ -93,7 +91,7 @@ class BoxSpec:
     tmp_size: int | None = None
     tty_gid: int | None = 5  # None when gid 5 is not mapped (single-id boxes)
     idmap_binds: bool = False  # boxes of root: the workspace and volumes are id-mapped
-    extra: tuple[Op, ...] = field(default=())
+    extra: tuple[Op, ...] = ()
 
 
 def plan_host_image(spec: BoxSpec, facts: HostFacts) -> tuple[Op, ...]:

@@ -13,10 +13,9 @@ alternatives, nsswitch.conf, ld.so.cache, ssl/certs and localtime are the host's
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 from coopy.facts import HostFacts
@@ -52,8 +51,7 @@ SYSTEM_ID_MAX = 999  # uids/gids below 1000 are system accounts on Debian and Ub
 NOBODY = 65534
 
 
-@dataclass(frozen=True)
-class BoxUser:
+class BoxUser(NamedTuple):
     """The account the box's command runs as."""
 
     name: str
@@ -262,7 +260,7 @@ def create_host_layers(
     _write(etc / "hosts", build_hosts(hostname))
     _write(etc / "hostname", hostname + "\n")
     _write(etc / "resolv.conf", build_resolv_conf(net, _read_text("/etc/resolv.conf")))
-    _write(etc / "machine-id", secrets.token_hex(16) + "\n", 0o444)
+    _write(etc / "machine-id", os.urandom(16).hex() + "\n", 0o444)
     for rel in hidden_etc_entries():
         parent = etc / os.path.dirname(rel)
         parent.mkdir(parents=True, exist_ok=True)

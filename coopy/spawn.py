@@ -33,7 +33,7 @@ import signal
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from coopy import syscalls as sc
 from coopy.errors import CoopyError, HostError, SetupError
@@ -48,8 +48,7 @@ _TIOCGPTPEER = 0x5441
 _MAX_FDS = 200  # SCM_RIGHTS carries at most 253 fds per message
 
 
-@dataclass
-class Launch:
+class Launch(NamedTuple):
     """Everything needed to start one box, resolved and validated."""
 
     plan: tuple[Op, ...]
@@ -71,16 +70,16 @@ class Launch:
     stdio: tuple[int, int, int] = (0, 1, 2)
     newuidmap: str | None = None
     newgidmap: str | None = None
-    before_exec: Callable[[], None] | None = field(default=None, repr=False)
+    before_exec: Callable[[], None] | None = None
 
 
-@dataclass
 class Started:
     """A running box: A's pid (the one to wait for), B's pidfd, the PTY master if any."""
 
-    pid: int
-    init_pidfd: int
-    master: int | None
+    def __init__(self, pid: int, init_pidfd: int, master: int | None) -> None:
+        self.pid = pid
+        self.init_pidfd = init_pidfd
+        self.master = master
 
     def wait(self) -> int:
         """Wait for the box to end; its command's status as a shell reports it."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import secrets
 import shutil
 import stat
 import sys
@@ -33,7 +32,7 @@ class RunDir:
         base = ensure_private_dir(state_dir() / "run")
         sweep_stale(base)
         while True:
-            path = base / secrets.token_hex(6)
+            path = base / os.urandom(6).hex()
             try:
                 path.mkdir(mode=0o700)
                 break

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import subprocess
@@ -746,8 +745,8 @@ def test_example_mounts_and_env(example_uncommented: Config) -> None:
     [(name, cls) for name, cls in config._SECTIONS.items()]
     + [("sandbox", config.SandboxConfig), ("workspace", config.WorkspaceConfig)],
 )
-def test_schema_matches_dataclasses(table: str, cls: type) -> None:
-    fields = {f.name for f in dataclasses.fields(cls)}
+def test_schema_matches_records(table: str, cls: type) -> None:
+    fields = set(cls._fields)  # type: ignore[attr-defined]
     if table == "workspace":
         fields -= {"root"}  # where coop.toml is, not a key
     keys = set(SCHEMA[table]) - {"command"}  # the alias folds into agent
@@ -756,7 +755,7 @@ def test_schema_matches_dataclasses(table: str, cls: type) -> None:
 
 def test_result_is_frozen(tmp_path: Path) -> None:
     cfg = load(tmp_path, '[env]\nA = "1"\n')
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         cfg.sandbox.image = "x"  # type: ignore[misc]
     with pytest.raises(TypeError):
         cfg.env["A"] = "2"  # type: ignore[index]

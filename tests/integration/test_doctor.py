@@ -1,0 +1,35 @@
+"""``coopy doctor`` tells the truth about this host, for root and for an ordinary user."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from tests.conftest import BoxUser
+
+
+def test_doctor_reports_this_host(box_user: BoxUser) -> None:
+    res = box_user.coopy("doctor", "--json", cwd=box_user.workspace())
+    assert res.returncode == 0, res.stdout + res.stderr
+    checks = {c["name"]: c for c in json.loads(res.stdout)}
+    assert checks["box"]["status"] == "ok"
+    assert checks["subordinate ids"]["status"] == "ok"
+    tun = os.stat("/dev/net/tun")
+    usable = box_user.uid == 0 or stat.S_IMODE(tun.st_mode) & 0o006 == 0o006
+    assert checks["/dev/net/tun"]["status"] == ("ok" if usable else "warn")
+    if not usable:
+        assert "chmod 666 /dev/net/tun" in checks["/dev/net/tun"]["fix"]
+    with open("/proc/self/mountinfo") as f:
+        hybrid = any(" - cgroup " in line for line in f)
+    assert checks["cgroups"]["status"] == ("warn" if hybrid else checks["cgroups"]["status"])
+
+
+def test_doctor_table_names_the_fix(box_user: BoxUser) -> None:
+    res = box_user.coopy("doctor", "--no-box", cwd=box_user.workspace())
+    assert res.returncode == 0
+    lines = res.stdout.splitlines()
+    assert lines[0].split()[:2] == ["ok", "kernel"]
+    for i, line in enumerate(lines):
+        if line.startswith("warn") or line.startswith("fail"):
+            assert "fix:" in lines[i + 1] or "capabilities" in line
