@@ -231,12 +231,12 @@ def run(req: RunRequest) -> int:
     root_box = facts.uid == 0 and idmap is not None
     owner = (idmap.to_host_uid(0), idmap.to_host_gid(0)) if root_box and idmap else None
 
-    def spec_for(box_dir: str) -> BoxSpec:
+    def spec_for(box_dir: str, skel: str) -> BoxSpec:
         return BoxSpec(
             name=hostname,
             hostname=hostname,
             box_dir=box_dir,
-            skel=f"{box_dir}/skel",
+            skel=skel,
             etc=f"{box_dir}/etc",
             workspace=str(workspace),
             workspace_target=ws_target,
@@ -251,7 +251,8 @@ def run(req: RunRequest) -> int:
     if req.dry_run:
         from coopy.ops import describe
 
-        for op in build_plan(spec_for(str(state_dir() / "run" / "<id>")), facts):
+        run_dir = state_dir() / "run"
+        for op in build_plan(spec_for(f"{run_dir}/<id>", f"{run_dir}/skel-<shape>"), facts):
             print(describe(op))
         return 0
 
@@ -278,7 +279,7 @@ def run(req: RunRequest) -> int:
         if owner is not None:
             os.chmod(rundir.path, 0o711)  # box root (a subordinate id) needs to pass
         try:
-            create_host_layers(
+            skel, _ = create_host_layers(
                 rundir.path, facts, hostname=hostname, net=req.net, user=user,
                 owner=(owner[0] or 0, owner[1] or 0) if owner is not None else None,
             )
@@ -287,7 +288,7 @@ def run(req: RunRequest) -> int:
                 f"cannot prepare the box's layers in {rundir.path}: {exc.strerror}",
                 hint=STATE_FS_HINT,
             ) from exc
-        spec = spec_for(str(rundir.path))
+        spec = spec_for(str(rundir.path), str(skel))
         return _run_box(req, facts, spec, build_plan(spec, facts), idmap, user, rundir.path)
     finally:
         rundir.remove(remover)

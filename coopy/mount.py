@@ -83,9 +83,9 @@ class Trees:
         return sc.open_tree(sc.AT_FDCWD, source, flags)
 
     def layer(self, path: str) -> str:
-        """The path overlay should be given for a layer."""
-        if self.box_dir and path.startswith(self.box_dir + "/"):
-            return "./" + path[len(self.box_dir) + 1 :]
+        """The path overlay should be given for a layer: relative when next to the box."""
+        if self.box_dir and path.startswith(os.path.dirname(self.box_dir) + "/"):
+            return os.path.relpath(path, self.box_dir)
         return path
 
 

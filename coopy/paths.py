@@ -56,7 +56,7 @@ def runtime_dir() -> Path:
     return Path(f"/tmp/coopy-{os.getuid()}")
 
 
-def ensure_private_dir(path: Path) -> Path:
+def ensure_private_dir(path: Path, mode: int = 0o700) -> Path:
     """Create ``path`` (0700, parents as needed) and check that the caller owns it.
 
     A directory owned by someone else, or writable by others, could have been prepared by
@@ -76,6 +76,6 @@ def ensure_private_dir(path: Path) -> Path:
             hint=f"remove it or set COOPY_HOME elsewhere; coopy will not use a directory "
             f"another user controls",
         )
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(path, 0o700)  # ours: box records and layers are nobody else's business
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(path, mode)  # ours: box records and layers are nobody else's business
     return path

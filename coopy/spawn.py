@@ -27,7 +27,6 @@ Protocol between P and its children, numbered as in the code below:
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import socket
@@ -191,7 +190,7 @@ def _parent_maps(launch: Launch, pid: int) -> tuple[bytes, list[int]]:
         for fd in fds:
             os.close(fd)
         raise SetupError(f"too many host sources to pass into the box ({len(fds)})")
-    return json.dumps(keys).encode(), fds
+    return "\0".join(keys).encode(), fds  # paths hold no NUL
 
 
 def write_maps(pid: int, idmap: IdMap, newuidmap: str | None, newgidmap: str | None) -> None:
@@ -345,7 +344,8 @@ def _child_a(launch: Launch, sock: socket.socket, err_w: int, init_fd: int) -> N
         if not msg.startswith(b"M"):
             os._exit(125)
         if fds:
-            trees = Trees(launch.box_dir, dict(zip(json.loads(msg[1:]), fds, strict=True)))
+            keys = msg[1:].decode().split("\0")
+            trees = Trees(launch.box_dir, dict(zip(keys, fds, strict=True)))
         if launch.idmap.to_host_uid(0) is not None:
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
@@ -493,6 +493,8 @@ def _report(err_w: int, exc: BaseException) -> None:
         return
     else:
         data = {"type": "SetupError", "message": f"{type(exc).__name__}: {exc}", "hint": None}
+    import json
+
     try:
         os.write(err_w, json.dumps(data).encode())
     except OSError:
@@ -500,6 +502,8 @@ def _report(err_w: int, exc: BaseException) -> None:
 
 
 def _decode(raw: bytes) -> CoopyError:
+    import json
+
     try:
         data = json.loads(raw)
     except ValueError:

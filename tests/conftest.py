@@ -147,7 +147,7 @@ class BoxUser:
     def state_runs(self) -> list[str]:
         run_dir = self.home / ".local/state/coopy/run"
         try:
-            return sorted(os.listdir(run_dir))
+            return sorted(e for e in os.listdir(run_dir) if not e.startswith("skel-"))
         except FileNotFoundError:
             return []
 
@@ -235,7 +235,8 @@ def _run_dirs() -> dict[str, list[str]]:
     for pw in pwd.getpwall():
         d = Path(pw.pw_dir) / ".local/state/coopy/run"
         try:
-            out[pw.pw_name] = sorted(os.listdir(d))
+            # skel-* are shared skeleton layers, a cache kept on purpose
+            out[pw.pw_name] = sorted(e for e in os.listdir(d) if not e.startswith("skel-"))
         except OSError:
             continue
     return out
