@@ -12,13 +12,18 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from coopy.errors import ConfigError, CoopyError, HostError
 from coopy.facts import HostFacts
 from coopy.idmap import IdMap, build_idmap, build_workspace_idmap
 from coopy.mount import STATE_FS_HINT
+
+if TYPE_CHECKING:  # imported where used, at run time: start-up cost
+    from coopy.ops import Op
+    from coopy.plan import BoxSpec
+    from coopy.rootfs import BoxUser
 
 # The environment of a box is built, never inherited: these host variables pass through
 # (they describe the terminal, the locale and the proxies, not the user's secrets).
@@ -308,20 +313,18 @@ def _userns_remover(idmap: IdMap, facts: HostFacts) -> object:
 def _run_box(
     req: RunRequest,
     facts: HostFacts,
-    spec: object,
-    ops: tuple[object, ...],
+    spec: BoxSpec,
+    ops: tuple[Op, ...],
     idmap: IdMap | None,
-    user: object,
+    user: BoxUser,
     box_dir: Path,
 ) -> int:
-    from coopy.rootfs import BoxUser
     from coopy.spawn import Launch, start
     from coopy.term import Relay, get_winsize, raw_mode, set_winsize
 
-    assert isinstance(user, BoxUser)
     use_tty = req.tty if req.tty is not None else os.isatty(0)
     env = build_env(os.environ, req.env, home=user.home, user=user.name,
-                    hostname=getattr(spec, "hostname"))
+                    hostname=spec.hostname)
     root_box = facts.uid == 0 and idmap is not None
     ws_idmap = None
     if root_box and idmap is not None and user.uid != 0:
@@ -338,11 +341,11 @@ def _run_box(
         if os.isatty(0):
             box_stdio[0] = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     launch = Launch(
-        plan=ops,  # type: ignore[arg-type]
+        plan=ops,
         argv=list(req.command),
         env=env,
-        cwd=getattr(spec, "workspace_target"),
-        hostname=getattr(spec, "hostname"),
+        cwd=spec.workspace_target,
+        hostname=spec.hostname,
         init_path=init_path(),
         idmap=idmap,
         workspace_idmap=ws_idmap,

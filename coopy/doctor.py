@@ -65,13 +65,13 @@ def check_subids(facts: HostFacts) -> Check:
                          fix.replace("100000-165535", "1000000-1065535"))
         return Check("subordinate ids", "warn",
                      "none in /etc/subuid or /etc/subgid: boxes have a single user", fix)
-    count = min(facts.subuid.count, facts.subgid.count)
+    count = min(facts.subuid.length, facts.subgid.length)
     if count < 65535:
         return Check("subordinate ids", "warn", f"only {count} ids: boxes have uids 0-{count}",
                      fix)
     return Check("subordinate ids", "ok",
-                 f"uid {facts.subuid.start}+{facts.subuid.count}, "
-                 f"gid {facts.subgid.start}+{facts.subgid.count}")
+                 f"uid {facts.subuid.start}+{facts.subuid.length}, "
+                 f"gid {facts.subgid.start}+{facts.subgid.length}")
 
 
 def check_newuidmap(facts: HostFacts) -> Check:

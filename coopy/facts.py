@@ -97,7 +97,8 @@ def probe_host() -> HostFacts:
                 layout[name] = None
     mountinfo = _read("/proc/self/mountinfo") or ""
     etc_submounts = any(
-        len(f) > 4 and f[4].startswith("/etc/") for f in (ln.split() for ln in mountinfo.splitlines())
+        len(f) > 4 and f[4].startswith("/etc/")
+        for f in (line.split() for line in mountinfo.splitlines())
     )
     return HostFacts(
         uid=uid,

@@ -20,15 +20,15 @@ BOX_IDS = 65536  # ids 0…65535 inside a box, as in a normal system
 
 
 class IdRange(NamedTuple):
-    """``count`` ids from ``inside`` in the box are ``outside`` on the host (a map line)."""
+    """``length`` ids from ``inside`` in the box are ``outside`` on the host (a map line)."""
 
     inside: int
     outside: int
-    count: int
+    length: int  # not `count`: that is a tuple method
 
     def line(self) -> str:
         """The line as written to /proc/PID/uid_map."""
-        return f"{self.inside} {self.outside} {self.count}"
+        return f"{self.inside} {self.outside} {self.length}"
 
 
 class IdMap(NamedTuple):
@@ -53,7 +53,7 @@ class IdMap(NamedTuple):
 
 def _lookup(ranges: tuple[IdRange, ...], box_id: int) -> int | None:
     for r in ranges:
-        if r.inside <= box_id < r.inside + r.count:
+        if r.inside <= box_id < r.inside + r.length:
             return r.outside + box_id - r.inside
     return None
 
@@ -62,7 +62,7 @@ class SubRange(NamedTuple):
     """A subordinate id range from /etc/subuid or /etc/subgid."""
 
     start: int
-    count: int
+    length: int  # not `count`: that is a tuple method
 
 
 def parse_subid_file(text: str, name: str, ident: int) -> SubRange | None:
@@ -90,7 +90,7 @@ def parse_subid_file(text: str, name: str, ident: int) -> SubRange | None:
 
 def _keep_id(own: int, box_id: int, sub: SubRange) -> tuple[IdRange, ...]:
     """Box ids 0…N: ``box_id`` is the caller's ``own`` id, the others come from ``sub``."""
-    total = min(sub.count + 1, BOX_IDS)
+    total = min(sub.length + 1, BOX_IDS)
     if box_id >= total:
         box_id = min(box_id, total - 1)
     ranges = []
@@ -120,8 +120,8 @@ def build_idmap(
         if subuid is None or subgid is None:
             raise ValueError("root has no subordinate id range")
         return IdMap(
-            (IdRange(0, subuid.start, min(subuid.count, BOX_IDS)),),
-            (IdRange(0, subgid.start, min(subgid.count, BOX_IDS)),),
+            (IdRange(0, subuid.start, min(subuid.length, BOX_IDS)),),
+            (IdRange(0, subgid.start, min(subgid.length, BOX_IDS)),),
             subordinate=True,
         )
     if subuid is None or subgid is None:
@@ -148,7 +148,7 @@ def _swap(ranges: tuple[IdRange, ...], box_id: int) -> tuple[IdRange, ...]:
     if box_id == 0:
         return ranges
     (only,) = ranges  # boxes of root have one contiguous range
-    base, count = only.outside, only.count
+    base, count = only.outside, only.length
     out = [IdRange(0, base + box_id, 1), IdRange(box_id, base, 1)]
     if box_id > 1:
         out.append(IdRange(1, base + 1, box_id - 1))

@@ -25,8 +25,8 @@ from coopy import syscalls as sc
 from coopy.errors import SetupError
 from coopy.ops import (
     Bind,
-    Devpts,
     DevNode,
+    Devpts,
     MaskPath,
     Mkdir,
     Mqueue,

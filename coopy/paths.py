@@ -73,8 +73,8 @@ def ensure_private_dir(path: Path, mode: int = 0o700) -> Path:
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
         raise HostError(
             f"{path} is not a directory owned by you (uid {os.getuid()})",
-            hint=f"remove it or set COOPY_HOME elsewhere; coopy will not use a directory "
-            f"another user controls",
+            hint="remove it or set COOPY_HOME elsewhere; coopy will not use a directory "
+            "another user controls",
         )
     if stat.S_IMODE(st.st_mode) != mode:
         os.chmod(path, mode)  # ours: box records and layers are nobody else's business

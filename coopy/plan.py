@@ -9,16 +9,16 @@ tmpfs dirs, the workspace and volumes, and the pivot last.
 
 from __future__ import annotations
 
-from typing import NamedTuple
 from pathlib import PurePosixPath
+from typing import NamedTuple
 
 from coopy.facts import HostFacts
 from coopy.ops import (
     Bind,
-    Devpts,
     DevNode,
-    Mkdir,
+    Devpts,
     MaskPath,
+    Mkdir,
     Mqueue,
     Op,
     Overlay,

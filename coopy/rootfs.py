@@ -16,8 +16,8 @@ import os
 import stat
 import zlib
 from collections.abc import Iterable
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 from coopy.facts import HostFacts
 from coopy.state import remove_tree

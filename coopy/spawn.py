@@ -26,6 +26,7 @@ Protocol between P and its children, numbered as in the code below:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -236,7 +237,7 @@ def write_maps(pid: int, idmap: IdMap, newuidmap: str | None, newgidmap: str | N
 def _spawn_map(tool: str, pid: int, ranges: tuple[IdRange, ...]) -> tuple[int, int]:
     args = [tool, str(pid)]
     for r in ranges:
-        args += [str(r.inside), str(r.outside), str(r.count)]
+        args += [str(r.inside), str(r.outside), str(r.length)]
     rd, wr = os.pipe2(os.O_CLOEXEC)
     try:
         child = os.posix_spawn(
@@ -472,7 +473,7 @@ def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
 
 
 def _read_all(fd: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         try:
             chunk = os.read(fd, 65536)
@@ -513,11 +514,7 @@ def _decode(raw: bytes) -> CoopyError:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -261,20 +262,16 @@ def no_residue(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     mounts, fds, runs = _mounts(), _fds(), _run_dirs()
     test_uid = None
-    try:
+    with contextlib.suppress(KeyError):
         test_uid = pwd.getpwnam(TEST_USER).pw_uid
-    except KeyError:
-        pass
     yield
     problems = []
     left = _wait_for(lambda: _children())
     if left:
         problems.append(f"child processes left: {sorted(left)}")
         for pid in left:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     if test_uid is not None and os.getuid() == 0:
         procs = _wait_for(lambda: _user_procs(test_uid))
         if procs:

@@ -58,9 +58,9 @@ def parser() -> Parser:
 
 def run(args: argparse.Namespace) -> int:
     """Build the request from the config layers and the flags, then run the box."""
-    from coopy.box import MountRequest, RunRequest, run as run_box
-    from coopy.config import expand_env, find_workspace, load_config, parse_mount_spec
-    from coopy.config import parse_size
+    from coopy.box import MountRequest, RunRequest
+    from coopy.box import run as run_box
+    from coopy.config import expand_env, find_workspace, load_config, parse_mount_spec, parse_size
     from coopy.errors import ConfigError
 
     command = list(args.command)

@@ -8,6 +8,7 @@ user): the host itself is never changed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -182,10 +183,8 @@ def test_killing_coopy_kills_the_box_and_the_next_run_cleans_up(box_user: BoxUse
             box = _descendants(proc.pid)
             comms = set()
             for pid in box:
-                try:
+                with contextlib.suppress(OSError):
                     comms.add(Path(f"/proc/{pid}/comm").read_text().strip())
-                except OSError:
-                    pass
             if "sleep" in comms:
                 break
             time.sleep(0.02)

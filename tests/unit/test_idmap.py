@@ -26,9 +26,9 @@ def check_kernel_map(ranges: tuple[IdRange, ...]) -> None:
     """Fail unless ``ranges`` would be accepted by a write to /proc/PID/uid_map."""
     assert 0 < len(ranges) <= MAX_MAP_LINES
     for r in ranges:
-        assert r.count > 0 and r.inside >= 0 and r.outside >= 0, r
+        assert r.length > 0 and r.inside >= 0 and r.outside >= 0, r
     for side in ("inside", "outside"):
-        spans = sorted((getattr(r, side), getattr(r, side) + r.count) for r in ranges)
+        spans = sorted((getattr(r, side), getattr(r, side) + r.length) for r in ranges)
         for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
             assert end <= start, f"{side} ranges overlap: {ranges}"
 
