@@ -121,7 +121,7 @@ $RUN "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 BUILD=$(mktemp -d)
 trap 'rm -rf "$BUILD"' EXIT
 cp -R "$SRC/." "$BUILD/"
-rm -rf "$BUILD/build" "$BUILD/coopy/libexec"
+rm -rf "$BUILD/build" "$BUILD"/coopy/libexec/coopy-*
 chmod -R a+rX "$BUILD"
 $RUN "$VENV/bin/python" -m pip install -q "$BUILD"
 $RUN ln -sf "$VENV/bin/coopy" "$BIN/coopy"
