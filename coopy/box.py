@@ -63,6 +63,11 @@ class RunRequest(NamedTuple):
     tmp_size: int | None = None
     tty: bool | None = None  # None: a PTY when stdin is a terminal
     dry_run: bool = False
+    git: str = "default"  # .git/hooks and .git/config read-only; "ro": all .git; "rw"
+    seccomp: bool = True
+    nested_userns: bool = False
+    pids: int | None = 4096
+    nofile: int | None = None
 
 
 def box_hostname(workspace: Path) -> str:
@@ -151,6 +156,19 @@ def warn_once(key: str, text: str) -> None:
     except OSError:
         pass  # cannot record it: say it anyway
     sys.stderr.write(text)
+
+
+# Paths of a git repository that run code on the host: an agent that writes a hook, or
+# core.fsmonitor / core.pager into .git/config, gets it run by the user's next git command.
+GIT_GUARDED = (".git/hooks", ".git/config")
+
+
+def git_readonly(workspace: Path, mode: str) -> tuple[tuple[str, bool], ...]:
+    """(workspace-relative path, is a directory) to bind read-only for ``[workspace] git``."""
+    if mode == "rw" or not (workspace / ".git").is_dir():
+        return ()
+    paths = (".git",) if mode == "ro" else GIT_GUARDED
+    return tuple((p, (workspace / p).is_dir()) for p in paths if (workspace / p).exists())
 
 
 def init_path() -> str:
@@ -251,6 +269,7 @@ def run(req: RunRequest) -> int:
             tmp_size=req.tmp_size,
             tty_gid=5 if idmap is None or idmap.maps_gid(5) else None,
             idmap_binds=root_box,
+            readonly=git_readonly(workspace, req.git),
         )
 
     if req.dry_run:
@@ -340,6 +359,13 @@ def _run_box(
                 box_stdio[fd] = wr
         if os.isatty(0):
             box_stdio[0] = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    if not req.seccomp:
+        sys.stderr.write("coopy: warning: the seccomp filter is off ([security] seccomp)\n")
+    from coopy import caps, seccomp
+
+    bpf = None
+    if req.seccomp and seccomp.supported():
+        bpf = seccomp.build_filter(nested_userns=req.nested_userns)
     launch = Launch(
         plan=ops,
         argv=list(req.command),
@@ -359,6 +385,10 @@ def _run_box(
         stdio=(box_stdio[0], box_stdio[1], box_stdio[2]),
         newuidmap=facts.newuidmap,
         newgidmap=facts.newgidmap,
+        seccomp=bpf,
+        caps=caps.keep_mask(),
+        nproc=req.pids,
+        nofile=req.nofile,
     )
     try:
         started = start(launch)

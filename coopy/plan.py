@@ -91,6 +91,8 @@ class BoxSpec(NamedTuple):
     tmp_size: int | None = None
     tty_gid: int | None = 5  # None when gid 5 is not mapped (single-id boxes)
     idmap_binds: bool = False  # boxes of root: the workspace and volumes are id-mapped
+    # (workspace-relative path, is a directory) bound read-only over itself (.git/hooks)
+    readonly: tuple[tuple[str, bool], ...] = ()
     extra: tuple[Op, ...] = ()
 
 
@@ -140,6 +142,9 @@ def plan_user_mounts(spec: BoxSpec) -> tuple[Op, ...]:
         Mkdir(spec.workspace_target),
         Bind(spec.workspace, spec.workspace_target, idmap=spec.idmap_binds),
     ]
+    for rel, is_dir in spec.readonly:  # each over itself, read-only all the way down
+        ops.append(Bind(f"{spec.workspace}/{rel}", f"{spec.workspace_target}/{rel}",
+                        readonly=True, directory=is_dir, idmap=spec.idmap_binds))
     for vol in spec.volumes:
         if vol.directory:
             ops.append(Mkdir(vol.target))

@@ -71,6 +71,10 @@ class Launch(NamedTuple):
     newuidmap: str | None = None
     newgidmap: str | None = None
     before_exec: Callable[[], None] | None = None
+    seccomp: bytes | None = None  # the BPF program coopy-init installs (coopy/seccomp.py)
+    caps: int | None = None  # capabilities kept in the bounding set (coopy/caps.py)
+    nproc: int | None = None  # RLIMIT_NPROC, set inside the box's user namespace
+    nofile: int | None = None
 
 
 class Started:
@@ -407,12 +411,28 @@ def _child_b(launch: Launch, sock: socket.socket, trees: Trees, init_fd: int) ->
         os.dup2(fd, target, inheritable=True)
     if launch.before_exec is not None:
         launch.before_exec()
-    os.execve(init_fd, build_init_argv(launch), launch.env)
+    filter_fd = None
+    if launch.seccomp:
+        # A pipe holds the program (a few KiB, well under the pipe buffer); init reads
+        # it before closing every inherited fd.
+        filter_fd, wr = os.pipe()
+        os.write(wr, launch.seccomp)
+        os.close(wr)
+        os.set_inheritable(filter_fd, True)
+    os.execve(init_fd, build_init_argv(launch, filter_fd), launch.env)
 
 
-def build_init_argv(launch: Launch) -> list[str]:
+def build_init_argv(launch: Launch, filter_fd: int | None = None) -> list[str]:
     """coopy-init's command line (its contract is at the top of native/coopy-init.c)."""
     argv = [INIT_NAME]
+    if launch.caps is not None:
+        argv += ["-c", f"{launch.caps:x}"]
+    if filter_fd is not None:
+        argv += ["-s", str(filter_fd)]
+    if launch.nproc is not None:
+        argv += ["-p", str(launch.nproc)]
+    if launch.nofile is not None:
+        argv += ["-f", str(launch.nofile)]
     if launch.box_uid != 0 or launch.box_gid != 0:
         argv += ["-u", str(launch.box_uid), "-g", str(launch.box_gid)]
     if launch.tty:

@@ -116,6 +116,31 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--shm-size: {exc}") from None
     if shm is None:
         shm = config.sandbox.shm
+    # Relaxing the box's security is the user's decision, not a repository's: until
+    # `coopy trust` exists, [security] from a project coop.toml is ignored, and said so.
+    security = config.security
+    relaxed = [k for k in ("security.seccomp", "security.nested_userns")
+               if k in config.origin and project is not None
+               and config.origin[k][0] == str(project)]
+    if relaxed:
+        import sys
+
+        names = ", ".join("[security] " + k.split(".")[1] for k in relaxed)
+        sys.stderr.write(
+            f"coopy: warning: ignoring {names} from {project}: a project file cannot relax "
+            "the box's security\n"
+            "hint: set it in ~/.config/coopy/config.toml if you mean it\n"
+        )
+        security = type(security)()
+    git = config.workspace.git
+    if git == "rw" and project is not None and config.origin.get("workspace.git", ("",))[0] == str(
+        project
+    ):
+        import sys
+
+        sys.stderr.write(f"coopy: warning: ignoring [workspace] git = \"rw\" from {project}: "
+                         "a project file cannot make .git/hooks writable\n")
+        git = "default"
     request = RunRequest(
         command=command,
         workspace=workspace,
@@ -130,5 +155,10 @@ def run(args: argparse.Namespace) -> int:
         shm_size=shm,
         tty=args.tty,
         dry_run=args.dry_run,
+        git=git,
+        seccomp=security.seccomp,
+        nested_userns=security.nested_userns,
+        pids=config.limits.pids,
+        nofile=config.limits.nofile,
     )
     return run_box(request)
