@@ -14,6 +14,7 @@ import sys
 # verb -> (module, one line for `coopy --help`)
 VERBS = {
     "run": ("coopy.cli.run", "run a command in a new, ephemeral box"),
+    "trust": ("coopy.cli.trust", "approve the nearest coop.toml and what it grants"),
     "doctor": ("coopy.cli.doctor", "check this host and say how to fix what is missing"),
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path, PurePosixPath
 
 from coopy.cli._args import Parser
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from coopy.box import run as run_box
     from coopy.config import expand_env, find_workspace, load_config, parse_mount_spec, parse_size
     from coopy.errors import ConfigError
+    from coopy.trust import is_trusted, owned_acceptably, project_grants, without_grants
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -79,7 +81,19 @@ def run(args: argparse.Namespace) -> int:
         cli["sandbox.user"] = args.user
     if args.net:
         cli["network.mode"] = args.net
+    if project is not None and not owned_acceptably(project):
+        sys.stderr.write(f"coopy: warning: ignoring {project}: it belongs to another user\n")
+        project = None
     config = load_config(workspace, project, cli=cli)
+    if project is not None:
+        grants = project_grants(config, project, workspace)
+        if grants and not is_trusted(project):
+            config = without_grants(config, grants)
+            sys.stderr.write(f"coopy: warning: {project} asks for more than its workspace; "
+                             "not applied until you approve it:\n")
+            for g in grants:
+                sys.stderr.write(f"  line {g.line}: {g.what}\n")
+            sys.stderr.write("hint: review the file, then run `coopy trust`\n")
 
     # `~/…` targets (coop's files use them) mean the box user's home.
     box_home = PurePosixPath("/root" if config.sandbox.user in (None, "root")
@@ -116,31 +130,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--shm-size: {exc}") from None
     if shm is None:
         shm = config.sandbox.shm
-    # Relaxing the box's security is the user's decision, not a repository's: until
-    # `coopy trust` exists, [security] from a project coop.toml is ignored, and said so.
-    security = config.security
-    relaxed = [k for k in ("security.seccomp", "security.nested_userns")
-               if k in config.origin and project is not None
-               and config.origin[k][0] == str(project)]
-    if relaxed:
-        import sys
-
-        names = ", ".join("[security] " + k.split(".")[1] for k in relaxed)
-        sys.stderr.write(
-            f"coopy: warning: ignoring {names} from {project}: a project file cannot relax "
-            "the box's security\n"
-            "hint: set it in ~/.config/coopy/config.toml if you mean it\n"
-        )
-        security = type(security)()
-    git = config.workspace.git
-    if git == "rw" and project is not None and config.origin.get("workspace.git", ("",))[0] == str(
-        project
-    ):
-        import sys
-
-        sys.stderr.write(f"coopy: warning: ignoring [workspace] git = \"rw\" from {project}: "
-                         "a project file cannot make .git/hooks writable\n")
-        git = "default"
     request = RunRequest(
         command=command,
         workspace=workspace,
@@ -155,9 +144,9 @@ def run(args: argparse.Namespace) -> int:
         shm_size=shm,
         tty=args.tty,
         dry_run=args.dry_run,
-        git=git,
-        seccomp=security.seccomp,
-        nested_userns=security.nested_userns,
+        git=config.workspace.git,
+        seccomp=config.security.seccomp,
+        nested_userns=config.security.nested_userns,
         pids=config.limits.pids,
         nofile=config.limits.nofile,
     )

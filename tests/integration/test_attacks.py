@@ -113,13 +113,66 @@ def test_git_hooks_and_config_are_read_only(box_user: BoxUser) -> None:
     assert "fsmonitor" not in (ws / ".git/config").read_text()
 
 
-def test_project_file_cannot_relax_security(box_user: BoxUser) -> None:
-    ws = box_user.workspace()
-    (ws / "coop.toml").write_text('[security]\nseccomp = false\n\n[workspace]\ngit = "rw"\n')
-    res = box_user.coopy("run", "--", "grep", "Seccomp:", "/proc/self/status", cwd=ws)
+WIDENING = """\
+[sandbox]
+mounts = ["{secret}:/stolen:ro", "./inside:/inside"]
+
+[env]
+TOKEN = "$COOPY_TEST_TOKEN"
+PLAIN = "ok"
+
+[security]
+seccomp = false
+
+[workspace]
+git = "rw"
+"""
+
+
+def test_untrusted_project_file_cannot_widen_the_box(box_user: BoxUser) -> None:
+    ws, secret = box_user.workspace(), box_user.workspace()
+    (secret / "key").write_text("host secret\n")
+    (ws / "inside").mkdir()
+    (ws / "coop.toml").write_text(WIDENING.format(secret=secret))
+    subprocess.run(["chown", "-R", f"{box_user.uid}", str(ws)], check=True)
+    probe = ("cat /stolen/key 2>/dev/null || echo no-mount; echo token=$TOKEN plain=$PLAIN; "
+             "ls -d /inside; grep Seccomp: /proc/self/status")
+    env = {"COOPY_TEST_TOKEN": "s3cret"}
+    res = box_user.coopy("run", "--", "sh", "-c", probe, cwd=ws, env=env)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["Seccomp:", "2"]
-    assert "cannot relax the box's security" in res.stderr
+    assert res.stdout.split() == ["no-mount", "token=", "plain=ok", "/inside", "Seccomp:", "2"]
+    for what in ("mount " + str(secret), "env TOKEN from the host's $COOPY_TEST_TOKEN",
+                 "turn the seccomp filter off", ".git/hooks and .git/config writable"):
+        assert what in res.stderr, res.stderr
+    assert "hint: review the file, then run `coopy trust`" in res.stderr
+
+    # Approved: everything applies.  Then the agent edits the file: approval is void.
+    trusted = box_user.coopy("trust", cwd=ws)
+    assert trusted.returncode == 0, trusted.stderr
+    assert "line 2: mount" in trusted.stdout
+    res = box_user.coopy("run", "--", "sh", "-c", probe, cwd=ws, env=env)
+    assert res.stdout.split() == ["host", "secret", "token=s3cret", "plain=ok", "/inside",
+                                  "Seccomp:", "0"], res.stdout + res.stderr
+    res = box_user.coopy("run", "--", "sh", "-c", "echo '# edited' >> coop.toml", cwd=ws)
+    res = box_user.coopy("run", "--", "sh", "-c", probe, cwd=ws, env=env)
+    assert res.stdout.split()[:2] == ["no-mount", "token="], res.stdout
+    assert box_user.coopy("trust", "--revoke", cwd=ws).returncode == 0
+
+
+def test_project_file_of_another_user_is_ignored(box_user: BoxUser) -> None:
+    ws = box_user.workspace()
+    (ws / "coop.toml").write_text('[env]\nFROM_FILE = "yes"\n')
+    other = 65534  # nobody: neither the caller nor root
+    os.chown(ws / "coop.toml", other, other)
+    res = box_user.coopy("run", "--", "sh", "-c", "echo x$FROM_FILE", cwd=ws)
+    assert res.stdout.strip() == "x"
+    assert "belongs to another user" in res.stderr
+
+
+def test_trust_without_a_file(box_user: BoxUser) -> None:
+    res = box_user.coopy("trust", cwd=box_user.workspace())
+    assert res.returncode == 125
+    assert "no coop.toml here or in a parent directory" in res.stderr
 
 
 def test_user_config_can_relax_security(box_user: BoxUser) -> None:

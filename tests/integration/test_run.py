@@ -293,7 +293,10 @@ def test_project_config_sets_image_env_and_mounts(box_user: BoxUser) -> None:
     sub = ws / "sub"
     sub.mkdir()
     os.chown(sub, box_user.uid, box_user.pw.pw_gid)
+    # a mount from outside the workspace needs the user's approval of the file
+    assert box_user.coopy("trust", cwd=sub).returncode == 0
     res = box_user.coopy("run", "--", "sh", "-c", "cat /data/x; echo $GREETING; pwd", cwd=sub)
+    box_user.coopy("trust", "--revoke", cwd=sub)
     assert res.returncode == 0, res.stderr
     # the workspace is the directory holding coop.toml, and the cwd inside is it
     assert res.stdout.splitlines() == ["from config", "hello", str(ws)]
