@@ -68,6 +68,8 @@ class RunRequest(NamedTuple):
     nested_userns: bool = False
     pids: int | None = 4096
     nofile: int | None = None
+    memory: int | None = None
+    cpus: float | None = None
 
 
 def box_hostname(workspace: Path) -> str:
@@ -361,6 +363,9 @@ def _run_box(
             box_stdio[0] = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     if not req.seccomp:
         sys.stderr.write("coopy: warning: the seccomp filter is off ([security] seccomp)\n")
+    if req.cpus is not None:
+        sys.stderr.write("coopy: warning: [limits] cpus needs a delegated cgroup v2 tree, "
+                         "which this host does not give: not applied (`coopy doctor`)\n")
     from coopy import caps, seccomp
 
     bpf = None
@@ -389,6 +394,7 @@ def _run_box(
         caps=caps.keep_mask(),
         nproc=req.pids,
         nofile=req.nofile,
+        memory=req.memory,
     )
     try:
         started = start(launch)

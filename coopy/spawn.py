@@ -75,6 +75,7 @@ class Launch(NamedTuple):
     caps: int | None = None  # capabilities kept in the bounding set (coopy/caps.py)
     nproc: int | None = None  # RLIMIT_NPROC, set inside the box's user namespace
     nofile: int | None = None
+    memory: int | None = None  # RLIMIT_DATA per process (no cgroup on this host)
 
 
 class Started:
@@ -433,6 +434,8 @@ def build_init_argv(launch: Launch, filter_fd: int | None = None) -> list[str]:
         argv += ["-p", str(launch.nproc)]
     if launch.nofile is not None:
         argv += ["-f", str(launch.nofile)]
+    if launch.memory is not None:
+        argv += ["-m", str(launch.memory)]
     if launch.box_uid != 0 or launch.box_gid != 0:
         argv += ["-u", str(launch.box_uid), "-g", str(launch.box_gid)]
     if launch.tty:

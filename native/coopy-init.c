@@ -13,6 +13,8 @@
  *             COMMAND's process right before exec; no_new_privs is always set.
  *     -p/-f   RLIMIT_NPROC / RLIMIT_NOFILE.  NPROC is set inside the box's user
  *             namespace, where (since 5.14) it counts the box's processes only.
+ *     -m      RLIMIT_DATA in bytes: the per-process memory limit used where no cgroup
+ *             can be had (RLIMIT_AS would count CUDA's and the JVM's reservations).
  *   environ   is COMMAND's environment, already built by coopy (an allowlist);
  *             PATH in it is used to find COMMAND, as execvp does.
  *   fds       0, 1, 2 are COMMAND's stdio; every other fd is closed here.
@@ -134,12 +136,12 @@ static void report_exec_failure(const char *name, int err)
 
 int main(int argc, char **argv)
 {
-	long uid = -1, gid = -1, nproc = -1, nofile = -1;
+	long uid = -1, gid = -1, nproc = -1, nofile = -1, data = -1;
 	int tty = 0, opt, filter_fd = -1, have_caps = 0;
 	unsigned long long keep_caps = 0;
 	const char *name = NULL;
 
-	while ((opt = getopt(argc, argv, "+u:g:tn:c:s:p:f:")) != -1) {
+	while ((opt = getopt(argc, argv, "+u:g:tn:c:s:p:f:m:")) != -1) {
 		switch (opt) {
 		case 'u': uid = strtol(optarg, NULL, 10); break;
 		case 'g': gid = strtol(optarg, NULL, 10); break;
@@ -149,9 +151,10 @@ int main(int argc, char **argv)
 		case 's': filter_fd = (int)strtol(optarg, NULL, 10); break;
 		case 'p': nproc = strtol(optarg, NULL, 10); break;
 		case 'f': nofile = strtol(optarg, NULL, 10); break;
+		case 'm': data = strtol(optarg, NULL, 10); break;
 		default:
 			dprintf(2, "usage: coopy-init [-u UID] [-g GID] [-t] [-n NAME] [-c CAPS] "
-				   "[-s FD] [-p N] [-f N] -- CMD...\n");
+				   "[-s FD] [-p N] [-f N] [-m BYTES] -- CMD...\n");
 			return 125;
 		}
 	}
@@ -175,6 +178,8 @@ int main(int argc, char **argv)
 		set_limit(RLIMIT_NPROC, nproc, "setting the process limit");
 	if (nofile >= 0)
 		set_limit(RLIMIT_NOFILE, nofile, "setting the open files limit");
+	if (data >= 0)
+		set_limit(RLIMIT_DATA, data, "setting the memory limit");
 	if (have_caps)
 		drop_bounding_set(keep_caps);
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)

@@ -10,6 +10,8 @@ EPILOG = """\
 examples:
   coopy doctor            a table of checks; exit 1 when boxes cannot start
   coopy doctor --json     the same, for scripts
+  coopy doctor --security a box tries each attack (read a host secret, unshare, mount,
+                          keyctl, TIOCSTI, a host socket…); exit 1 if any succeeds
 
 Nothing is changed on the host; the last check starts a real box (`coopy run -- true`).
 """
@@ -21,6 +23,8 @@ def parser() -> Parser:
                EPILOG)
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p.add_argument("--no-box", action="store_true", help="skip starting a test box")
+    p.add_argument("--security", action="store_true",
+                   help="run a box that tries each attack in coopy's list; all must fail")
     return p
 
 
@@ -28,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     """Print the checks; 1 when one of them fails."""
     import json
 
+    if args.security:
+        return _security(args.json)
     from coopy.doctor import run_checks
     from coopy.facts import probe_host
     from coopy.paths import state_dir
@@ -42,3 +48,20 @@ def run(args: argparse.Namespace) -> int:
             if c.fix and c.status != "ok":
                 print(f"{'':<4}  {'':<{width}}  fix: {c.fix}")
     return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+def _security(as_json: bool) -> int:
+    from coopy.selftest import coopy_command, run_attacks
+
+    results = run_attacks(coopy_command())
+    allowed = [name for name, outcome in results if not outcome.startswith("blocked")]
+    if as_json:
+        import json
+
+        print(json.dumps([{"attack": n, "outcome": o} for n, o in results], indent=2))
+    else:
+        width = max(len(n) for n, _ in results)
+        for name, outcome in results:
+            print(f"{name:<{width}}  {outcome}")
+        print(f"{len(results) - len(allowed)} of {len(results)} attacks blocked")
+    return 1 if allowed else 0

@@ -149,5 +149,7 @@ def run(args: argparse.Namespace) -> int:
         nested_userns=config.security.nested_userns,
         pids=config.limits.pids,
         nofile=config.limits.nofile,
+        memory=config.limits.memory,
+        cpus=config.limits.cpus,
     )
     return run_box(request)

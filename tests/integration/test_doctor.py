@@ -33,3 +33,26 @@ def test_doctor_table_names_the_fix(box_user: BoxUser) -> None:
     for i, line in enumerate(lines):
         if line.startswith("warn") or line.startswith("fail"):
             assert "fix:" in lines[i + 1] or "capabilities" in line
+
+
+def test_doctor_security_blocks_every_attack(box_user: BoxUser) -> None:
+    res = box_user.coopy("doctor", "--security", "--json", cwd=box_user.workspace())
+    assert res.returncode == 0, res.stdout + res.stderr
+    results = json.loads(res.stdout)
+    assert len(results) >= 18
+    assert all(r["outcome"].startswith("blocked") for r in results), results
+
+
+def test_doctor_security_notices_a_weak_box(box_user: BoxUser) -> None:
+    # With the filter turned off (by the user's own config), the self-test must say so:
+    # proof that it can fail.
+    ws = box_user.workspace()
+    (ws / "coopy").mkdir()
+    (ws / "coopy" / "config.toml").write_text("[security]\nseccomp = false\n")
+    os.chown(ws / "coopy", box_user.uid, box_user.pw.pw_gid)
+    res = box_user.coopy("doctor", "--security", "--json", cwd=ws,
+                         env={"XDG_CONFIG_HOME": str(ws)})
+    assert res.returncode == 1
+    outcome = {r["attack"]: r["outcome"] for r in json.loads(res.stdout)}
+    assert outcome["keyctl"] == "ALLOWED"
+    assert outcome["read /etc/shadow"].startswith("blocked")
