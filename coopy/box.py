@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # imported where used, at run time: start-up cost
     from coopy.ops import Op
     from coopy.plan import BoxSpec
     from coopy.rootfs import BoxUser
+    from coopy.spawn import Launch
+    from coopy.state import RunDir
 
 # The environment of a box is built, never inherited: these host variables pass through
 # (they describe the terminal, the locale and the proxies, not the user's secrets).
@@ -204,8 +206,30 @@ def _resolve_mounts(
     return out, create
 
 
+class Prepared(NamedTuple):
+    """A validated box, its directory prepared, ready to start."""
+
+    req: RunRequest
+    facts: HostFacts
+    spec: BoxSpec
+    ops: tuple[Op, ...]
+    idmap: IdMap | None
+    user: BoxUser
+    box_dir: Path
+
+
 def run(req: RunRequest) -> int:
     """``coopy run``: an ephemeral box, the command in the foreground, its status back."""
+    from coopy.state import RunDir
+
+    return _with_box(req, RunDir.create, _run_box)
+
+
+def _with_box(
+    req: RunRequest, make_dir: Callable[[], RunDir], body: Callable[[Prepared], int],
+    keep: bool = False,
+) -> int:
+    """Validate, prepare the box directory, call ``body``; remove the dir unless ``keep``."""
     from coopy.facts import probe_host
     from coopy.paths import state_dir
     from coopy.plan import BoxSpec, Volume, build_plan, normalize_target
@@ -283,7 +307,6 @@ def run(req: RunRequest) -> int:
         return 0
 
     from coopy.paths import ensure_private_dir
-    from coopy.state import RunDir
 
     for vol in create_vols:
         ensure_private_dir(vol.parent)
@@ -293,17 +316,20 @@ def run(req: RunRequest) -> int:
     warning = single_id_warning(facts, idmap) if idmap is not None else None
     if warning:
         warn_once("single-id", warning)
-    rundir = RunDir.create()
+    rundir = make_dir()
     remover = None
     if idmap is not None and facts.uid != 0 and idmap.subordinate:
         remover = _userns_remover(idmap, facts)
     try:
         for sub in ("upper", "work", "root"):
-            (rundir.path / sub).mkdir(mode=0o755)
+            (rundir.path / sub).mkdir(mode=0o755, exist_ok=True)
             if owner is not None:
                 os.chown(rundir.path / sub, *(x or 0 for x in owner))
         if owner is not None:
             os.chmod(rundir.path, 0o711)  # box root (a subordinate id) needs to pass
+        from coopy.state import remove_tree
+
+        remove_tree(rundir.path / "etc")  # regenerated each start: hostname, users
         try:
             skel, _ = create_host_layers(
                 rundir.path, facts, hostname=hostname, net=req.net, user=user,
@@ -315,9 +341,13 @@ def run(req: RunRequest) -> int:
                 hint=STATE_FS_HINT,
             ) from exc
         spec = spec_for(str(rundir.path), str(skel))
-        return _run_box(req, facts, spec, build_plan(spec, facts), idmap, user, rundir.path)
+        prepared = Prepared(req, facts, spec, build_plan(spec, facts), idmap, user, rundir.path)
+        return body(prepared)
     finally:
-        rundir.remove(remover)
+        if keep:
+            rundir.release()
+        else:
+            rundir.remove(remover)
 
 
 def _userns_remover(idmap: IdMap, facts: HostFacts) -> object:
@@ -331,25 +361,12 @@ def _userns_remover(idmap: IdMap, facts: HostFacts) -> object:
     return remove
 
 
-def _run_box(
-    req: RunRequest,
-    facts: HostFacts,
-    spec: BoxSpec,
-    ops: tuple[Op, ...],
-    idmap: IdMap | None,
-    user: BoxUser,
-    box_dir: Path,
-) -> int:
-    from coopy.spawn import Launch, start
+def _run_box(p: Prepared) -> int:
+    from coopy.spawn import start
     from coopy.term import Relay, get_winsize, raw_mode, set_winsize
 
+    req = p.req
     use_tty = req.tty if req.tty is not None else os.isatty(0)
-    env = build_env(os.environ, req.env, home=user.home, user=user.name,
-                    hostname=spec.hostname)
-    root_box = facts.uid == 0 and idmap is not None
-    ws_idmap = None
-    if root_box and idmap is not None and user.uid != 0:
-        ws_idmap = build_workspace_idmap(idmap, user.uid, user.gid)
     # Pipes stand in for any of stdout/stderr that is a terminal (see coopy.term).
     relayed: list[tuple[int, int]] = []
     box_stdio = [0, 1, 2]
@@ -361,41 +378,7 @@ def _run_box(
                 box_stdio[fd] = wr
         if os.isatty(0):
             box_stdio[0] = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-    if not req.seccomp:
-        sys.stderr.write("coopy: warning: the seccomp filter is off ([security] seccomp)\n")
-    if req.cpus is not None:
-        sys.stderr.write("coopy: warning: [limits] cpus needs a delegated cgroup v2 tree, "
-                         "which this host does not give: not applied (`coopy doctor`)\n")
-    from coopy import caps, seccomp
-
-    bpf = None
-    if req.seccomp and seccomp.supported():
-        bpf = seccomp.build_filter(nested_userns=req.nested_userns)
-    launch = Launch(
-        plan=ops,
-        argv=list(req.command),
-        env=env,
-        cwd=spec.workspace_target,
-        hostname=spec.hostname,
-        init_path=init_path(),
-        idmap=idmap,
-        workspace_idmap=ws_idmap,
-        clone_in_parent=root_box,
-        userxattr=idmap is not None,
-        box_dir=str(box_dir),
-        net=req.net,
-        box_uid=user.uid,
-        box_gid=user.gid,
-        tty=use_tty,
-        stdio=(box_stdio[0], box_stdio[1], box_stdio[2]),
-        newuidmap=facts.newuidmap,
-        newgidmap=facts.newgidmap,
-        seccomp=bpf,
-        caps=caps.keep_mask(),
-        nproc=req.pids,
-        nofile=req.nofile,
-        memory=req.memory,
-    )
+    launch = build_launch(p, use_tty, (box_stdio[0], box_stdio[1], box_stdio[2]))
     try:
         started = start(launch)
     finally:
@@ -418,3 +401,50 @@ def _run_box(
             os.close(rd)
         os.close(pidfd)
     return started.wait()
+
+
+def build_launch(p: Prepared, tty: bool, stdio: tuple[int, int, int]) -> Launch:
+    """The spawn request for a prepared box (warnings for what will not apply)."""
+    from coopy import caps, seccomp
+    from coopy.spawn import Launch
+
+    req, facts, spec, idmap, user = p.req, p.facts, p.spec, p.idmap, p.user
+    if not req.seccomp:
+        sys.stderr.write("coopy: warning: the seccomp filter is off ([security] seccomp)\n")
+    if req.cpus is not None:
+        sys.stderr.write("coopy: warning: [limits] cpus needs a delegated cgroup v2 tree, "
+                         "which this host does not give: not applied (`coopy doctor`)\n")
+    env = build_env(os.environ, req.env, home=user.home, user=user.name,
+                    hostname=spec.hostname)
+    root_box = facts.uid == 0 and idmap is not None
+    ws_idmap = None
+    if root_box and idmap is not None and user.uid != 0:
+        ws_idmap = build_workspace_idmap(idmap, user.uid, user.gid)
+    bpf = None
+    if req.seccomp and seccomp.supported():
+        bpf = seccomp.build_filter(nested_userns=req.nested_userns)
+    return Launch(
+        plan=p.ops,
+        argv=list(req.command),
+        env=env,
+        cwd=spec.workspace_target,
+        hostname=spec.hostname,
+        init_path=init_path(),
+        idmap=idmap,
+        workspace_idmap=ws_idmap,
+        clone_in_parent=root_box,
+        userxattr=idmap is not None,
+        box_dir=str(p.box_dir),
+        net=req.net,
+        box_uid=user.uid,
+        box_gid=user.gid,
+        tty=tty,
+        stdio=stdio,
+        newuidmap=facts.newuidmap,
+        newgidmap=facts.newgidmap,
+        seccomp=bpf,
+        caps=caps.keep_mask(),
+        nproc=req.pids,
+        nofile=req.nofile,
+        memory=req.memory,
+    )

@@ -42,6 +42,10 @@ class RunDir:
         fcntl.flock(fd, fcntl.LOCK_EX)
         return cls(path, fd)
 
+    def release(self) -> None:
+        """Keep the directory (a persistent box's), drop the lock."""
+        os.close(self.lock_fd)
+
     def remove(self, remover: object = None) -> None:
         """Delete the directory (the caller passes a userns-aware remover if needed)."""
         try:

@@ -1,0 +1,70 @@
+"""The keeper protocol's encoder and decoder (pure)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coopy import proto
+from coopy.proto import T
+
+
+@pytest.mark.parametrize(
+    ("frame", "kind", "payload"),
+    [
+        (proto.encode(T.DATA, b"hi"), T.DATA, b"hi"),
+        (proto.encode(T.DETACH), T.DETACH, b""),
+        (proto.resize(40, 120), T.RESIZE, b"\x00\x28\x00\x78"),
+        (proto.encode_int(T.EXIT, -1), T.EXIT, b"\xff\xff\xff\xff"),
+    ],
+)
+def test_round_trip(frame: bytes, kind: T, payload: bytes) -> None:
+    (got,) = proto.Decoder().feed(frame)
+    assert got == (kind, payload)
+
+
+def test_hello_carries_the_version() -> None:
+    (got,) = proto.Decoder().feed(proto.hello("attach", 24, 80))
+    assert got.json() == {"version": proto.VERSION, "verb": "attach", "rows": 24, "cols": 80}
+
+
+def test_resize_and_ints_unpack() -> None:
+    assert proto.unpack_resize(proto.resize(3, 4)[5:]) == (3, 4)
+    (f,) = proto.Decoder().feed(proto.encode_int(T.KILL, 15))
+    assert proto.unpack_int(f) == 15
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20), st.integers(1, 64))
+def test_any_split_of_the_stream_gives_the_same_frames(chunks: list[bytes], step: int) -> None:
+    stream = b"".join(proto.encode(T.DATA, c) for c in chunks)
+    dec = proto.Decoder()
+    got = []
+    for i in range(0, len(stream), step):
+        got += dec.feed(stream[i : i + step])
+    assert [f.payload for f in got] == chunks
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"\x63\x00\x00\x00\x00", "unknown frame type 99"),
+        (b"\x02\x7f\xff\xff\xff", "too large"),
+    ],
+)
+def test_refuses_garbage(raw: bytes, message: str) -> None:
+    with pytest.raises(proto.ProtocolError, match=message):
+        proto.Decoder().feed(raw)
+
+
+def test_refuses_oversized_payload_on_encode() -> None:
+    with pytest.raises(proto.ProtocolError):
+        proto.encode(T.DATA, b"x" * (proto.MAX_PAYLOAD + 1))
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x00\x01\x02"])
+def test_bad_fixed_sizes(payload: bytes) -> None:
+    with pytest.raises(proto.ProtocolError):
+        proto.unpack_resize(payload)
+    with pytest.raises(proto.ProtocolError):
+        proto.unpack_int(proto.Frame(T.EXIT, payload))
