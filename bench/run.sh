@@ -15,4 +15,5 @@ if [ -z "${COOPY_BIN:-}" ]; then
     fi
 fi
 export COOPY_BIN
+case ${1:-} in security) shift; exec /usr/bin/python3 "$here/security" "$@" ;; esac
 exec /usr/bin/python3 "$here/startup" "$@"

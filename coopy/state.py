@@ -11,7 +11,9 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 from coopy.paths import ensure_private_dir, state_dir
 
@@ -108,3 +110,103 @@ def _rmtree(path: str) -> None:
         else:
             os.unlink(entry.path)
     os.rmdir(path)
+
+
+# ---- persistent boxes ---------------------------------------------------------------
+
+
+class BoxRecord(NamedTuple):
+    """What ``coopy ls`` knows of a box without asking anyone: ``<box>/box.json``.
+
+    States: ``creating`` → ``running`` → ``exited``; a record that says running whose
+    keeper is gone (killed, or the machine rebooted) is *stale*: reported as such and
+    turned into ``exited`` by the next command that looks.
+    """
+
+    name: str
+    workspace: str
+    command: tuple[str, ...]
+    image: str = "host"
+    network: str = "none"
+    state: str = "creating"
+    created: float = 0.0
+    started: float = 0.0
+    ended: float = 0.0
+    keeper_pid: int = 0
+    keeper_start: int = 0
+    socket: str = ""
+    exit_status: int | None = None
+
+    def can_attach(self) -> bool:
+        """Only a running box has a terminal to attach to."""
+        return self.state == "running"
+
+
+def boxes_dir() -> Path:
+    """Where persistent boxes live: one directory per box, plus shared skeletons."""
+    ensure_private_dir(state_dir())
+    # 0711 for the same reason as run/: box root of a box of root must pass through.
+    return ensure_private_dir(state_dir() / "boxes", mode=0o711)
+
+
+def write_record(box_dir: Path, record: BoxRecord) -> None:
+    """Write ``box.json`` atomically (tmp + rename)."""
+    import json
+
+    tmp = box_dir / f".box.json.{os.getpid()}"
+    data = record._asdict()
+    data["command"] = list(record.command)
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, box_dir / "box.json")
+
+
+def read_record(box_dir: Path) -> BoxRecord | None:
+    """The record of a box directory, or None when it has none (or a broken one)."""
+    import json
+
+    try:
+        data = json.loads((box_dir / "box.json").read_text())
+        data["command"] = tuple(data.get("command", ()))
+        return BoxRecord(**{k: v for k, v in data.items() if k in BoxRecord._fields})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def proc_start_time(pid: int) -> int:
+    """The process's start time in clock ticks since boot (to tell a reused pid apart)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def keeper_alive(record: BoxRecord) -> bool:
+    """Whether the record's keeper is still the process it was (never a bare pid)."""
+    return record.keeper_pid > 0 and proc_start_time(record.keeper_pid) == record.keeper_start
+
+
+def refresh(box_dir: Path, record: BoxRecord) -> BoxRecord:
+    """Turn a stale ``running`` record (its keeper is gone) into ``exited``, and clean up."""
+    if record.state in ("running", "creating") and not keeper_alive(record):
+        if record.state == "creating" and time.time() - record.created < 60:
+            return record  # being created right now by another coopy
+        record = record._replace(state="exited", exit_status=None, ended=time.time())
+        write_record(box_dir, record)
+        if record.socket:
+            try:
+                os.unlink(record.socket)
+            except FileNotFoundError:
+                pass  # already gone
+    return record
+
+
+def lock_box(box_dir: Path, *, wait: bool = True) -> int | None:
+    """flock the box directory (creation and removal); None when busy and not waiting."""
+    fd = os.open(box_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

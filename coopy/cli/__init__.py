@@ -13,13 +13,19 @@ import sys
 
 # verb -> (module, one line for `coopy --help`)
 VERBS = {
+    "up": ("coopy.cli.up", "(the default) create the project's box, attach to its agent"),
+    "attach": ("coopy.cli.attach", "attach to a running box's agent; Ctrl+] detaches"),
+    "ls": ("coopy.cli.ls", "list your boxes"),
+    "logs": ("coopy.cli.logs", "print a box's terminal log"),
+    "kill": ("coopy.cli.kill", "stop a box (SIGTERM, grace, SIGKILL)"),
+    "rm": ("coopy.cli.rm", "remove a box and its upper layer"),
     "run": ("coopy.cli.run", "run a command in a new, ephemeral box"),
     "trust": ("coopy.cli.trust", "approve the nearest coop.toml and what it grants"),
     "doctor": ("coopy.cli.doctor", "check this host and say how to fix what is missing"),
 }
 
 USAGE = """\
-usage: coopy [--debug] [--version] VERB [OPTIONS] ...
+usage: coopy [--debug] [--version] [VERB] [OPTIONS] ...
 
 coopy runs AI coding agents (or any command) in a box: root inside, its own
 filesystem, hostname, processes and network, the project mounted read-write,
@@ -29,6 +35,8 @@ verbs:
 {verbs}
 
 examples:
+  coopy                                  this project's box, created if needed; Ctrl+]
+                                         detaches, `coopy attach` comes back
   coopy run -- cat /etc/os-release       a command in a box on the host's programs
   coopy run -v ~/data:/data:ro -- ls /data
   coopy doctor                           what works on this host, and fixes
@@ -46,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``coopy`` command; returns the process exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = False
-    while args and args[0].startswith("-"):
+    while args and args[0] in ("--debug", "--version", "-h", "--help"):
         opt = args.pop(0)
         if opt == "--debug":
             debug = True
@@ -55,15 +63,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"coopy {__version__}")
             return 0
-        elif opt in ("-h", "--help"):
+        else:
             sys.stdout.write(_usage())
             return 0
-        else:
-            return _fail(f"unknown option {opt}", "see `coopy --help`")
-    if not args:
-        sys.stdout.write(_usage())
-        return 0
-    verb = args.pop(0)
+    # No verb (or options first): `coopy` is "up", the project's box.
+    verb = args.pop(0) if args and not args[0].startswith("-") else "up"
     if verb not in VERBS:
         import difflib
 

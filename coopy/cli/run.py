@@ -6,8 +6,13 @@ import argparse
 import os
 import sys
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from coopy.cli._args import Parser
+
+if TYPE_CHECKING:
+    from coopy.box import RunRequest
+    from coopy.config import Config
 
 EPILOG = """\
 examples:
@@ -33,6 +38,18 @@ def parser() -> Parser:
         "Create an ephemeral box, run COMMAND in it in the foreground, remove the box.",
         EPILOG,
     )
+    add_box_options(p)
+    p.add_argument("-t", "--tty", action="store_true", default=None,
+                   help="give the box a PTY even when stdin is not a terminal")
+    p.add_argument("-T", "--no-tty", dest="tty", action="store_false",
+                   help="plain pipes even when stdin is a terminal")
+    p.add_argument("--dry-run", action="store_true", help="print the mount plan and exit")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    return p
+
+
+def add_box_options(p: Parser) -> None:
+    """The options every verb that creates a box shares."""
     p.add_argument("-w", "--workspace", metavar="DIR", type=Path,
                    help="the project directory, mounted read-write at its own path")
     p.add_argument("-v", "--volume", metavar="SRC:DST[:ro]", action="append", default=[],
@@ -48,26 +65,26 @@ def parser() -> Parser:
     p.add_argument("--userns", choices=("auto", "host"), default="auto",
                    help="host (root only): no user namespace, box root is host root")
     p.add_argument("--shm-size", metavar="SIZE", help="size of /dev/shm (default 64m)")
-    p.add_argument("-t", "--tty", action="store_true", default=None,
-                   help="give the box a PTY even when stdin is not a terminal")
-    p.add_argument("-T", "--no-tty", dest="tty", action="store_false",
-                   help="plain pipes even when stdin is a terminal")
-    p.add_argument("--dry-run", action="store_true", help="print the mount plan and exit")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the request from the config layers and the flags, then run the box."""
-    from coopy.box import MountRequest, RunRequest
     from coopy.box import run as run_box
-    from coopy.config import expand_env, find_workspace, load_config, parse_mount_spec, parse_size
-    from coopy.errors import ConfigError
-    from coopy.trust import is_trusted, owned_acceptably, project_grants, without_grants
 
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
+    request, _ = build_request(args, command)
+    return run_box(request)
+
+
+def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequest, Config]:
+    """The request (and the config it came from) for the options in ``args``."""
+    from coopy.box import MountRequest, RunRequest
+    from coopy.config import expand_env, find_workspace, load_config, parse_mount_spec, parse_size
+    from coopy.errors import ConfigError
+    from coopy.trust import is_trusted, owned_acceptably, project_grants, without_grants
+
     cwd = Path.cwd()
     # -w names the workspace itself; its coop.toml, if any, is the one in it or above.
     workspace, project = find_workspace(args.workspace.expanduser() if args.workspace else cwd)
@@ -142,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
         net=net,
         userns=args.userns,
         shm_size=shm,
-        tty=args.tty,
-        dry_run=args.dry_run,
+        tty=getattr(args, "tty", None),
+        dry_run=getattr(args, "dry_run", False),
         git=config.workspace.git,
         seccomp=config.security.seccomp,
         nested_userns=config.security.nested_userns,
@@ -152,4 +169,4 @@ def run(args: argparse.Namespace) -> int:
         memory=config.limits.memory,
         cpus=config.limits.cpus,
     )
-    return run_box(request)
+    return request, config

@@ -1,0 +1,71 @@
+"""``coopy logs [BOX]``: what the box's agent printed, also after it exited."""
+
+from __future__ import annotations
+
+import argparse
+
+from coopy.cli._args import Parser
+
+EPILOG = """\
+examples:
+  coopy logs               this workspace's box
+  coopy logs -n 50 review  its last 50 lines
+  coopy logs -f            follow while the box runs
+"""
+
+
+def parser() -> Parser:
+    """The argument parser of ``coopy logs``."""
+    p = Parser("coopy logs", "Print a box's terminal log.", EPILOG)
+    p.add_argument("box", nargs="?", help="the box's name (default: this workspace's)")
+    p.add_argument("-n", "--lines", type=int, default=None, help="only the last N lines")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing while it runs")
+    p.add_argument("--strip", action="store_true", help="remove ANSI escape sequences")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the log."""
+    import re
+    import sys
+    import time
+
+    from coopy.cli.attach import default_box
+    from coopy.lifecycle import find
+    from coopy.state import keeper_alive
+
+    box_dir, record = find(default_box(args.box))
+    ansi = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
+
+    def out(data: bytes) -> None:
+        sys.stdout.buffer.write(ansi.sub(b"", data) if args.strip else data)
+        sys.stdout.buffer.flush()
+
+    data = b""
+    for name in ("log.1", "log"):
+        try:
+            data += (box_dir / name).read_bytes()
+        except FileNotFoundError:
+            continue
+    if args.lines is not None:
+        data = b"".join(data.splitlines(keepends=True)[-args.lines:]) if args.lines else b""
+    out(data)
+    if not args.follow:
+        return 0
+    path = box_dir / "log"
+    pos = path.stat().st_size if path.exists() else 0
+    while keeper_alive(record):
+        time.sleep(0.1)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue
+        if size < pos:
+            pos = 0  # rotated
+        if size > pos:
+            with open(path, "rb") as f:
+                f.seek(pos)
+                chunk = f.read(size - pos)
+            pos = size
+            out(chunk)
+    return 0

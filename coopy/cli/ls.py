@@ -1,0 +1,58 @@
+"""``coopy ls``: your boxes, from their records; no daemon is asked."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from coopy.cli._args import Parser
+
+EPILOG = """\
+examples:
+  coopy ls
+  coopy ls --json          name, workspace, state, uptime, clients, shells, image,
+                           gpus, network, pid, exit_status
+"""
+
+
+def parser() -> Parser:
+    """The argument parser of ``coopy ls``."""
+    p = Parser("coopy ls", "List your boxes.", EPILOG)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the boxes."""
+    import json
+
+    from coopy.lifecycle import list_boxes
+
+    now = time.time()
+    rows: list[dict[str, object]] = []
+    for record, clients in list_boxes():
+        running = record.state == "running"
+        rows.append({
+            "name": record.name, "workspace": record.workspace, "state": record.state,
+            "uptime": round(now - record.started, 1) if running else None,
+            "clients": clients, "shells": 0 if running else None, "image": record.image,
+            "gpus": [], "network": record.network,
+            "pid": record.keeper_pid if running else None,
+            "exit_status": record.exit_status,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no boxes (`coopy` in a project creates one)")
+        return 0
+    print(f"{'NAME':<20} {'STATE':<9} {'UPTIME':>8} {'CLIENTS':>7}  WORKSPACE")
+    for r in rows:
+        state = str(r["state"])
+        if r["exit_status"] is not None and state != "running":
+            state = f"exited({r['exit_status']})"
+        up = r["uptime"]
+        uptime = f"{int(up)}s" if isinstance(up, float) else "-"
+        shown = str(r["clients"]) if r["clients"] is not None else "-"
+        print(f"{r['name']:<20} {state:<9} {uptime:>8} {shown:>7}  {r['workspace']}")
+    return 0

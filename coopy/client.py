@@ -1,0 +1,105 @@
+"""The client side of a keeper: attach a terminal to a box, detach with a key.
+
+Attaching replays the box's scrollback, then goes live: the terminal in raw mode,
+keystrokes to the box, output to the screen, the window size sent on attach and on
+SIGWINCH.  The detach key (Ctrl+] by default) leaves the box running; the terminal is
+restored on every way out.  When the box's command exits, the client exits with its
+status.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import struct
+
+from coopy import proto
+from coopy.errors import BoxStateError, CoopyError
+from coopy.proto import T
+from coopy.state import BoxRecord
+from coopy.term import get_winsize, raw_mode, signal_pipe
+
+DETACH_KEY = 0x1D  # Ctrl+]
+
+
+def parse_detach_key(spec: str) -> int:
+    """``ctrl-]`` / ``ctrl-a`` → the byte it sends."""
+    spec = spec.strip().lower()
+    if spec.startswith("ctrl-") and len(spec) == 6:
+        return ord(spec[5].upper()) & 0x1F if spec[5] != "]" else 0x1D
+    raise CoopyError(f"detach key {spec!r}: expected ctrl-<key>, e.g. ctrl-]")
+
+
+def attach(record: BoxRecord, detach_key: int = DETACH_KEY) -> int:
+    """Attach this terminal to the box; its exit status, or 0 after a detach."""
+    if not record.can_attach():
+        raise BoxStateError(f"box {record.name!r} is {record.state}, not running",
+                            hint=f"`coopy` in {record.workspace} starts it again")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(record.socket)
+    except OSError as exc:
+        sock.close()
+        raise BoxStateError(f"cannot reach box {record.name!r}: {exc.strerror}",
+                            hint="`coopy ls` shows whether it still runs") from exc
+    try:
+        rows, cols = _size()
+        sock.sendall(proto.hello("attach", rows, cols))
+        with raw_mode(0), signal_pipe((signal.SIGWINCH,)) as sig_fd:
+            return _loop(sock, sig_fd, detach_key, record.name)
+    finally:
+        sock.close()
+
+
+def _size() -> tuple[int, int]:
+    size = get_winsize(0)
+    if size is None:
+        return 0, 0
+    rows, cols, _, _ = struct.unpack("HHHH", size)
+    return rows, cols
+
+
+def _loop(sock: socket.socket, sig_fd: int, detach_key: int, name: str) -> int:
+    decoder = proto.Decoder()
+    stdin_open = True
+    while True:
+        watch: list[int] = [sock.fileno(), sig_fd] + ([0] if stdin_open else [])
+        ready, _, _ = select.select(watch, [], [])
+        if sig_fd in ready:
+            os.read(sig_fd, 64)
+            sock.sendall(proto.resize(*_size()))
+        if 0 in ready:
+            data = os.read(0, 65536)
+            if not data:
+                stdin_open = False  # input ended (a pipe): keep showing output
+            elif detach_key in data:
+                before = data[: data.index(detach_key)]
+                if before:
+                    sock.sendall(proto.encode(T.DATA, before))
+                sock.sendall(proto.encode(T.DETACH))
+                os.write(1, f"\r\n[detached from {name}: `coopy attach {name}` to come "
+                            "back]\r\n".encode())
+                return 0
+            else:
+                sock.sendall(proto.encode(T.DATA, data))
+        if sock.fileno() in ready:
+            data = sock.recv(65536)
+            if not data:
+                raise BoxStateError(f"box {name!r}: its keeper went away",
+                                    hint="`coopy ls` shows what happened")
+            for frame in decoder.feed(data):
+                if frame.type == T.DATA:
+                    _write_all(1, frame.payload)
+                elif frame.type == T.EXIT:
+                    return proto.unpack_int(frame)
+                elif frame.type == T.ERROR:
+                    raise CoopyError(f"box {name!r}: {frame.payload.decode()}",
+                                     hint=f"restart it: coopy kill {name}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -1,0 +1,214 @@
+"""Persistent boxes: create (with a keeper), list, kill, remove; names and places.
+
+A box lives in ``<state>/boxes/<name>/`` (its record ``box.json``, upper layer, log)
+and, while it runs, has a keeper listening on ``<runtime>/<name>.sock``.  There is no
+daemon: ``ls`` reads the records and checks each keeper by pid *and* start time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import zlib
+from pathlib import Path
+
+from coopy import proto
+from coopy.box import Prepared, RunRequest, box_hostname
+from coopy.errors import BoxStateError, CoopyError
+from coopy.paths import ensure_private_dir, runtime_dir
+from coopy.proto import T
+from coopy.state import (
+    BoxRecord,
+    RunDir,
+    boxes_dir,
+    keeper_alive,
+    lock_box,
+    read_record,
+    refresh,
+    remove_tree,
+    write_record,
+)
+
+SCROLLBACK = 256 << 10
+LOG_MAX = 10 << 20
+KILL_GRACE = 10.0
+
+
+def box_name(workspace: Path) -> str:
+    """The default name of a workspace's box: its directory's name, unique per user.
+
+    When another workspace already has that name, a short hash of this one's real path
+    is appended, so two projects called ``app`` get ``app`` and ``app-3f2a1c``.
+    """
+    real = str(workspace.resolve())
+    base = box_hostname(workspace)
+    record = read_record(boxes_dir() / base)
+    if record is None or record.workspace == real:
+        return base
+    return f"{base}-{zlib.crc32(real.encode()):08x}"[: len(base) + 7]
+
+
+def socket_path(name: str) -> Path:
+    """Where the keeper of box ``name`` listens."""
+    return ensure_private_dir(runtime_dir()) / f"{name}.sock"
+
+
+def find(name: str) -> tuple[Path, BoxRecord]:
+    """The directory and (refreshed) record of box ``name``; errors name the fix."""
+    box_dir = boxes_dir() / name
+    record = read_record(box_dir)
+    if record is None:
+        raise BoxStateError(f"no box named {name!r}", hint="`coopy ls` lists your boxes")
+    return box_dir, refresh(box_dir, record)
+
+
+def create(req: RunRequest, name: str) -> BoxRecord:
+    """Start box ``name`` detached, unless it already runs; return its record.
+
+    The box directory's lock makes two ``coopy`` started at once in one workspace end
+    with one box: the second waits, then finds it running.
+    """
+    from coopy.box import _with_box, build_launch
+    from coopy.keeper import launch_keeper
+
+    box_dir = boxes_dir() / name
+    box_dir.mkdir(mode=0o700, exist_ok=True)
+    lock = lock_box(box_dir)
+    assert lock is not None
+    record = read_record(box_dir)
+    if record is not None:
+        record = refresh(box_dir, record)
+        if record.state == "running":
+            os.close(lock)
+            return record
+        if record.workspace != str(req.workspace.resolve()):
+            os.close(lock)
+            raise BoxStateError(f"box {name!r} belongs to {record.workspace}",
+                                hint="give another name with -n")
+    record = BoxRecord(name=name, workspace=str(req.workspace.resolve()),
+                       command=tuple(req.command), image=req.image, network=req.net,
+                       state="creating", created=time.time())
+    write_record(box_dir, record)
+    sock = socket_path(name)
+
+    def start_keeper(p: Prepared) -> int:
+        launch = build_launch(p, True, (0, 1, 2))
+        return launch_keeper(launch, record, box_dir, sock, SCROLLBACK, LOG_MAX)
+
+    try:
+        _with_box(req, lambda: RunDir(box_dir, lock), start_keeper, keep=True)
+    except BaseException:
+        write_record(box_dir, record._replace(state="exited", ended=time.time()))
+        raise
+    created = read_record(box_dir)
+    assert created is not None
+    return created
+
+
+def list_boxes() -> list[tuple[BoxRecord, int | None]]:
+    """Every box of this user with its attached-client count (None when not running)."""
+    out = []
+    base = boxes_dir()
+    for entry in sorted(os.listdir(base)):
+        box_dir = base / entry
+        record = read_record(box_dir)
+        if record is None:
+            continue
+        record = refresh(box_dir, record)
+        clients = None
+        if record.state == "running":
+            info = ask(record, "info")
+            count = info.get("clients", 0) if info else 0
+            clients = count if isinstance(count, int) else 0
+        out.append((record, clients))
+    return out
+
+
+def ask(record: BoxRecord, verb: str, kill: int | None = None) -> dict[str, object]:
+    """One request to a keeper (``info``, or a signal for ``kill``); {} when it is gone."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            s.connect(record.socket)
+            s.sendall(proto.hello(verb))
+            if kill is not None:
+                s.sendall(proto.encode_int(T.KILL, kill))
+            decoder = proto.Decoder()
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    return {}
+                for frame in decoder.feed(data):
+                    if frame.type == T.INFO:
+                        result: dict[str, object] = frame.json()
+                        return result
+                    if frame.type == T.OK:
+                        return {"ok": True}
+                    if frame.type == T.ERROR:
+                        raise CoopyError(f"box {record.name}: {frame.payload.decode()}",
+                                         hint=f"restart the box: coopy kill {record.name}")
+    except (OSError, proto.ProtocolError):
+        return {}
+
+
+def kill(name: str, *, force: bool = False, grace: float = KILL_GRACE) -> BoxRecord:
+    """SIGTERM to the whole box, a grace period, then SIGKILL; every process gone."""
+    box_dir, record = find(name)
+    if record.state != "running":
+        raise BoxStateError(f"box {name!r} is {record.state}, not running",
+                            hint=f"`coopy rm {name}` removes it")
+    if not force:
+        ask(record, "kill", signal.SIGTERM)
+        if _wait_keeper(record, grace):
+            return find(name)[1]
+    ask(record, "kill", signal.SIGKILL)
+    if not _wait_keeper(record, 10.0):
+        raise CoopyError(f"box {name!r} did not stop", hint="its keeper is stuck; see "
+                         f"{box_dir / 'keeper.log'}")
+    return find(name)[1]
+
+
+def _wait_keeper(record: BoxRecord, timeout: float) -> bool:
+    try:
+        pidfd = os.pidfd_open(record.keeper_pid)
+    except ProcessLookupError:
+        return True
+    try:
+        if not keeper_alive(record):  # the pid was reused between read and open
+            return True
+        import select
+
+        return bool(select.select([pidfd], [], [], timeout)[0])
+    finally:
+        os.close(pidfd)
+
+
+def remove(name: str, *, force: bool = False) -> None:
+    """Remove a box's directory (its upper layer, log and record)."""
+    box_dir, record = find(name)
+    if record.state == "running":
+        if not force:
+            raise BoxStateError(f"box {name!r} is running",
+                                hint=f"`coopy kill {name}` first, or `coopy rm -f {name}`")
+        kill(name, force=True)
+    lock = lock_box(box_dir, wait=False)
+    if lock is None:
+        raise BoxStateError(f"box {name!r} is being created or removed right now")
+    try:
+        remove_tree(box_dir, _remover())
+    finally:
+        os.close(lock)
+
+
+def _remover() -> object:
+    """Removes files of subordinate ids (rootless) from inside a user namespace."""
+    from coopy.box import _userns_remover, plan_ids
+    from coopy.facts import probe_host
+
+    facts = probe_host()
+    if facts.uid == 0 or facts.subuid is None:
+        return None
+    idmap = plan_ids(facts, 0, 0, "auto")
+    return _userns_remover(idmap, facts) if idmap is not None else None
