@@ -279,17 +279,20 @@ def launch_keeper(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: P
         except BaseException as exc:  # noqa: BLE001 - told to the caller, then exit
             message = exc.message if isinstance(exc, CoopyError) else str(exc)
             with contextlib.suppress(OSError):
-                os.write(wr, f"error {message}".encode())
+                os.write(wr, f"error {message}\n".encode())
             code = 125
         finally:
             os._exit(code)
     os.close(wr)
     os.waitpid(pid, 0)
+    # One line; not "until EOF": the box's processes, forked by the keeper before it
+    # answers, hold copies of the pipe for as long as the box runs.
     chunks = []
-    while chunk := os.read(rd, 4096):
+    while (chunk := os.read(rd, 4096)) and not chunk.endswith(b"\n"):
         chunks.append(chunk)
+    chunks.append(chunk)
     os.close(rd)
-    reply = b"".join(chunks).decode(errors="replace")
+    reply = b"".join(chunks).decode(errors="replace").strip()
     if reply.startswith("ok "):
         return int(reply[3:])
     raise SetupError(reply[6:] if reply.startswith("error ") else
@@ -328,7 +331,7 @@ def _keeper_main(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Pa
                              keeper_start=proc_start_time(os.getpid()),
                              started=time.time(), socket=str(sock_path))
     write_record(box_dir, record)
-    os.write(ready_fd, f"ok {os.getpid()}".encode())
+    os.write(ready_fd, f"ok {os.getpid()}\n".encode())
     os.close(ready_fd)
     try:
         Keeper(started, listener, record, box_dir, scrollback, log_max).run()

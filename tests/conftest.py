@@ -227,6 +227,19 @@ def _user_procs(uid: int) -> set[int]:
     return out
 
 
+def _box_inits() -> set[int]:
+    """PID 1 of every box on the machine (their comm is coopy-init)."""
+    out = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "coopy-init":
+                    out.add(int(pid))
+            except OSError:
+                continue
+    return out
+
+
 def _fds() -> set[int]:
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
@@ -260,7 +273,7 @@ def no_residue(request: pytest.FixtureRequest) -> Iterator[None]:
     if "unit" in request.node.path.parts:
         yield
         return
-    mounts, fds, runs = _mounts(), _fds(), _run_dirs()
+    mounts, fds, runs, inits = _mounts(), _fds(), _run_dirs(), _box_inits()
     test_uid = None
     with contextlib.suppress(KeyError):
         test_uid = pwd.getpwnam(TEST_USER).pw_uid
@@ -276,6 +289,9 @@ def no_residue(request: pytest.FixtureRequest) -> Iterator[None]:
         procs = _wait_for(lambda: _user_procs(test_uid))
         if procs:
             problems.append(f"processes of {TEST_USER} left: {sorted(procs)}")
+    boxes = _wait_for(lambda: _box_inits() - inits)
+    if boxes:
+        problems.append(f"boxes still running (their init pids): {sorted(boxes)}")
     new_mounts = set(_mounts()) - set(mounts)
     if new_mounts:
         problems.append(f"mounts left: {sorted(new_mounts)}")

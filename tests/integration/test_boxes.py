@@ -1,0 +1,142 @@
+"""Persistent boxes: a keeper per box, attach and detach, ls, logs, kill, rm."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+
+import pexpect
+import pytest
+
+from tests.conftest import BoxUser
+
+TIMEOUT = 20
+
+
+@pytest.fixture
+def name(box_user: BoxUser) -> Iterator[str]:
+    """A box name for this test; the box is removed afterwards whatever happened."""
+    box = f"t{uuid.uuid4().hex[:8]}"
+    yield box
+    box_user.coopy("rm", "-f", box)
+
+
+def ls(user: BoxUser) -> dict[str, dict[str, object]]:
+    res = user.coopy("ls", "--json")
+    assert res.returncode == 0, res.stderr
+    return {b["name"]: b for b in json.loads(res.stdout)}
+
+
+def wait_state(user: BoxUser, box: str, state: str) -> dict[str, object]:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        info = ls(user).get(box)
+        if info and info["state"] == state:
+            return info
+        time.sleep(0.05)
+    pytest.fail(f"box {box} never reached {state}: {ls(user).get(box)}")
+
+
+def test_detached_box_runs_logs_and_is_killed(box_user: BoxUser, name: str) -> None:
+    ws = box_user.workspace()
+    res = box_user.coopy("-d", "-n", name, "--", "sh", "-c", "echo agent-started; exec sleep 1000",
+                         cwd=ws)
+    assert res.returncode == 0, res.stderr
+    assert f"box {name} is running" in res.stdout
+    info = wait_state(box_user, name, "running")
+    assert info["workspace"] == str(ws) and info["network"] == "none"
+    assert isinstance(info["pid"], int)
+    deadline = time.monotonic() + TIMEOUT
+    while "agent-started" not in box_user.coopy("logs", name).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # a second `coopy` in the same workspace finds the running box instead of a new one
+    again = box_user.coopy("-d", "-n", name, cwd=ws)
+    assert again.returncode == 0 and len([b for b in ls(box_user) if b == name]) == 1
+    refused = box_user.coopy("rm", name)
+    assert refused.returncode == 125 and f"coopy kill {name}" in refused.stderr
+    killed = box_user.coopy("kill", name)
+    assert killed.returncode == 0, killed.stderr
+    assert ls(box_user)[name]["state"] == "exited"
+    assert "agent-started" in box_user.coopy("logs", name).stdout  # readable after exit
+    assert box_user.coopy("rm", name).returncode == 0
+    assert name not in ls(box_user)
+    assert not (box_user.home / ".local/state/coopy/boxes" / name).exists()
+
+
+def test_attach_detach_reattach_with_scrollback(box_user: BoxUser, name: str) -> None:
+    ws = box_user.workspace()
+    argv = box_user.argv(["-n", name, "--", "sh"])
+    first = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(),
+                          timeout=TIMEOUT, encoding="utf-8")
+    try:
+        first.expect("# ")
+        first.sendline("echo marker-$((6*7))")
+        first.expect("marker-42")
+        first.send("\x1d")  # Ctrl+]
+        first.expect(r"\[detached from " + name)
+        first.expect(pexpect.EOF)
+    finally:
+        first.close(force=True)
+    assert first.exitstatus == 0
+    assert ls(box_user)[name]["state"] == "running"
+    argv = box_user.argv(["attach", name])
+    second = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(),
+                           timeout=TIMEOUT, encoding="utf-8")
+    try:
+        second.expect("marker-42")  # the scrollback, replayed
+        second.sendline("exit 3")
+        second.expect(pexpect.EOF)
+    finally:
+        second.close(force=True)
+    assert second.exitstatus == 3
+    info = wait_state(box_user, name, "exited")
+    assert info["exit_status"] == 3
+
+
+def test_two_clients_see_the_same_box(box_user: BoxUser, name: str) -> None:
+    ws = box_user.workspace()
+    assert box_user.coopy("-d", "-n", name, "--", "sh", cwd=ws).returncode == 0
+    clients = []
+    try:
+        for _ in range(2):
+            argv = box_user.argv(["attach", name])
+            c = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(),
+                              timeout=TIMEOUT, encoding="utf-8")
+            clients.append(c)
+        time.sleep(0.3)
+        assert ls(box_user)[name]["clients"] == 2
+        clients[0].sendline("echo from-first-$((1+1))")
+        for c in clients:
+            c.expect("from-first-2")
+        clients[1].sendline("echo from-second-$((2+2))")
+        for c in clients:
+            c.expect("from-second-4")
+    finally:
+        for c in clients:
+            c.close(force=True)
+    assert box_user.coopy("kill", name).returncode == 0
+
+
+def test_keeper_killed_takes_its_box_and_is_reported(box_user: BoxUser, name: str) -> None:
+    ws = box_user.workspace()
+    assert box_user.coopy("-d", "-n", name, "--", "sleep", "1000", cwd=ws).returncode == 0
+    keeper = ls(box_user)[name]["pid"]
+    assert isinstance(keeper, int)
+    os.kill(keeper, signal.SIGKILL)  # the test's own child-of-nobody: a real SIGKILL
+    info = wait_state(box_user, name, "exited")
+    assert info["exit_status"] is None
+    # a new box of the same name starts cleanly (the stale socket is not in the way)
+    assert box_user.coopy("-d", "-n", name, "--", "sleep", "1000", cwd=ws).returncode == 0
+    assert ls(box_user)[name]["state"] == "running"
+    assert box_user.coopy("kill", "-f", name).returncode == 0
+
+
+def test_errors_name_the_state(box_user: BoxUser) -> None:
+    res = box_user.coopy("attach", "no-such-box")
+    assert res.returncode == 125 and "no box named 'no-such-box'" in res.stderr
+    assert "coopy ls" in res.stderr
