@@ -15,6 +15,15 @@
  *             namespace, where (since 5.14) it counts the box's processes only.
  *     -m      RLIMIT_DATA in bytes: the per-process memory limit used where no cgroup
  *             can be had (RLIMIT_AS would count CUDA's and the JVM's reservations).
+ *     -k      fd of a SOCK_SEQPACKET control socket to the keeper: it asks for more
+ *             processes in the box (shells, `coopy exec`), started exactly like the
+ *             command (same ids, limits, capabilities, filter).  Messages, fields
+ *             separated by NUL:
+ *               keeper → init  "S" ID TTY(0|1) ARGV...   start; TTY=0 comes with 3 fds
+ *                              "K" ID SIGNAL              signal a started process
+ *               init → keeper  "P" ID   started (TTY=1: with the PTY master's fd)
+ *                              "E" ID STAGE ERRNO         could not start it
+ *                              "X" ID STATUS              it exited (128+N: signal N)
  *   environ   is COMMAND's environment, already built by coopy (an allowlist);
  *             PATH in it is used to find COMMAND, as execvp does.
  *   fds       0, 1, 2 are COMMAND's stdio; every other fd is closed here.
@@ -45,6 +54,9 @@
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <poll.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -134,17 +146,216 @@ static void report_exec_failure(const char *name, int err)
 	_exit(code);
 }
 
+/* Set once in main, read by start_process (no allocation after fork). */
+static long g_uid = -1, g_gid = -1;
+static struct sock_fprog g_prog = { 0, filter };
+static sigset_t g_oldmask;
+
+/* Start CMD like the box's command: own session, (with tty) a controlling terminal,
+ * the box user's ids, the filter, exec.  fds[3] become its stdio (or -1: keep ours).
+ * Returns its pid, or -1 with report = { stage, errno }. */
+static pid_t start_process(char **cmd, int tty, const int fds[3], int report[2])
+{
+	int pipefd[2];
+	if (pipe2(pipefd, O_CLOEXEC) < 0) {
+		report[0] = ST_EXEC;
+		report[1] = errno;
+		return -1;
+	}
+	pid_t child = fork();
+	if (child < 0) {
+		report[0] = ST_EXEC;
+		report[1] = errno;
+		close(pipefd[0]);
+		close(pipefd[1]);
+		return -1;
+	}
+	if (child == 0) {
+		close(pipefd[0]);
+		sigprocmask(SIG_SETMASK, &g_oldmask, NULL);
+		for (int s = 1; s < NSIG; s++)
+			signal(s, SIG_DFL);
+		int stage = ST_SESSION;
+		for (int i = 0; i < 3; i++)
+			if (fds[i] >= 0 && dup2(fds[i], i) < 0)
+				goto fail;
+		if (setsid() < 0)
+			goto fail;
+		stage = ST_TTY;
+		if (tty && ioctl(0, TIOCSCTTY, 0) < 0)
+			goto fail;
+		stage = ST_IDS;
+		if (g_gid >= 0 && setresgid((gid_t)g_gid, (gid_t)g_gid, (gid_t)g_gid) < 0)
+			goto fail;
+		if (g_uid >= 0 && setresuid((uid_t)g_uid, (uid_t)g_uid, (uid_t)g_uid) < 0)
+			goto fail;
+		/* seccomp last, immediately before exec (as bubblewrap and nsjail do). */
+		stage = ST_SECCOMP;
+		if (g_prog.len && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &g_prog, 0, 0) < 0)
+			goto fail;
+		stage = ST_EXEC;
+		execvp(cmd[0], cmd);
+fail:;
+		int rep[2] = { stage, errno };
+		(void)!write(pipefd[1], rep, sizeof rep);
+		_exit(127);
+	}
+	close(pipefd[1]);
+	ssize_t n;
+	do
+		n = read(pipefd[0], report, 2 * sizeof(int));
+	while (n < 0 && errno == EINTR);
+	close(pipefd[0]);
+	if (n == (ssize_t)(2 * sizeof(int))) {
+		waitpid(child, NULL, 0);
+		return -1;
+	}
+	return child;
+}
+
+/* ---- the keeper's control channel ------------------------------------------------ */
+
+#define MAX_STARTED 256
+#define MAX_ARGS 256
+static struct { long id; pid_t pid; } started[MAX_STARTED];
+static char msg[65536];
+static char *margv[MAX_ARGS + 1];
+
+/* Send a message of NUL-separated fields (the last one NUL-terminated too), with fd
+ * attached when fd >= 0.  A gone keeper is not our problem: PDEATHSIG ends us with it. */
+static void send_fields(int ctl, int fd, const char *kind, long id, const char *f3,
+			const char *f4)
+{
+	char out[160];
+	int len = snprintf(out, sizeof out, "%s%c%ld%c", kind, 0, id, 0);
+	if (f3)
+		len += snprintf(out + len, sizeof out - (size_t)len, "%s%c", f3, 0);
+	if (f4)
+		len += snprintf(out + len, sizeof out - (size_t)len, "%s%c", f4, 0);
+	struct iovec iov = { out, (size_t)len };
+	union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	if (fd >= 0) {
+		mh.msg_control = u.buf;
+		mh.msg_controllen = sizeof u.buf;
+		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &fd, sizeof fd);
+	}
+	(void)sendmsg(ctl, &mh, MSG_NOSIGNAL);
+}
+
+static int open_pty(int *slave)
+{
+	int master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (master < 0)
+		return -1;
+	int unlock = 0;
+	if (ioctl(master, TIOCSPTLCK, &unlock) < 0 ||
+	    (*slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY)) < 0) {
+		int err = errno;
+		close(master);
+		errno = err;
+		return -1;
+	}
+	return master;
+}
+
+static void handle_control(int ctl)
+{
+	union { char buf[CMSG_SPACE(3 * sizeof(int))]; struct cmsghdr align; } u;
+	struct iovec iov = { msg, sizeof msg - 1 };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = u.buf, .msg_controllen = sizeof u.buf };
+	ssize_t n = recvmsg(ctl, &mh, MSG_CMSG_CLOEXEC);
+	if (n <= 0)
+		return;
+	msg[n] = '\0';
+	int fds[3] = { -1, -1, -1 }, nfds = 0;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+			nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+			memcpy(fds, CMSG_DATA(c), (size_t)(nfds > 3 ? 3 : nfds) * sizeof(int));
+		}
+	/* Split "X\0ID\0..." into fields. */
+	int argc = 0;
+	for (char *p = msg; p < msg + n && argc < MAX_ARGS; p += strlen(p) + 1)
+		margv[argc++] = p;
+	margv[argc] = NULL;
+	if (argc >= 3 && strcmp(margv[0], "K") == 0) {
+		long id = strtol(margv[1], NULL, 10);
+		for (int i = 0; i < MAX_STARTED; i++)
+			if (started[i].pid > 0 && started[i].id == id)
+				kill(started[i].pid, (int)strtol(margv[2], NULL, 10));
+	} else if (argc >= 4 && strcmp(margv[0], "S") == 0) {
+		long id = strtol(margv[1], NULL, 10);
+		int tty = margv[2][0] == '1', slave = -1, master = -1, report[2] = { 0, 0 };
+		int slot = -1;
+		for (int i = 0; i < MAX_STARTED && slot < 0; i++)
+			if (started[i].pid <= 0)
+				slot = i;
+		pid_t pid = -1;
+		if (slot < 0) {
+			report[0] = ST_EXEC;
+			report[1] = EAGAIN;
+		} else if (tty) {
+			master = open_pty(&slave);
+			if (master < 0) {
+				report[0] = ST_TTY;
+				report[1] = errno;
+			} else {
+				int sfds[3] = { slave, slave, slave };
+				pid = start_process(margv + 3, 1, sfds, report);
+				close(slave);
+			}
+		} else if (nfds == 3) {
+			pid = start_process(margv + 3, 0, fds, report);
+		} else {
+			report[0] = ST_EXEC;
+			report[1] = EINVAL;
+		}
+		if (pid > 0) {
+			started[slot].id = id;
+			started[slot].pid = pid;
+			send_fields(ctl, master, "P", id, NULL, NULL);
+		} else {
+			char err[16];
+			snprintf(err, sizeof err, "%d", report[1]);
+			send_fields(ctl, -1, "E", id, stage_names[report[0]], err);
+		}
+		if (master >= 0)
+			close(master);
+	}
+	for (int i = 0; i < nfds && i < 3; i++)
+		close(fds[i]);
+}
+
+static void report_exit(int ctl, pid_t pid, int status)
+{
+	for (int i = 0; i < MAX_STARTED; i++) {
+		if (started[i].pid != pid)
+			continue;
+		char code[16];
+		snprintf(code, sizeof code, "%d",
+			 WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status));
+		send_fields(ctl, -1, "X", started[i].id, code, NULL);
+		started[i].pid = 0;
+	}
+}
+
 int main(int argc, char **argv)
 {
-	long uid = -1, gid = -1, nproc = -1, nofile = -1, data = -1;
-	int tty = 0, opt, filter_fd = -1, have_caps = 0;
+	long nproc = -1, nofile = -1, data = -1;
+	int tty = 0, opt, filter_fd = -1, have_caps = 0, ctl = -1;
 	unsigned long long keep_caps = 0;
 	const char *name = NULL;
 
-	while ((opt = getopt(argc, argv, "+u:g:tn:c:s:p:f:m:")) != -1) {
+	while ((opt = getopt(argc, argv, "+u:g:tn:c:s:p:f:m:k:")) != -1) {
 		switch (opt) {
-		case 'u': uid = strtol(optarg, NULL, 10); break;
-		case 'g': gid = strtol(optarg, NULL, 10); break;
+		case 'u': g_uid = strtol(optarg, NULL, 10); break;
+		case 'g': g_gid = strtol(optarg, NULL, 10); break;
 		case 't': tty = 1; break;
 		case 'n': name = optarg; break;
 		case 'c': keep_caps = strtoull(optarg, NULL, 16); have_caps = 1; break;
@@ -152,9 +363,10 @@ int main(int argc, char **argv)
 		case 'p': nproc = strtol(optarg, NULL, 10); break;
 		case 'f': nofile = strtol(optarg, NULL, 10); break;
 		case 'm': data = strtol(optarg, NULL, 10); break;
+		case 'k': ctl = (int)strtol(optarg, NULL, 10); break;
 		default:
 			dprintf(2, "usage: coopy-init [-u UID] [-g GID] [-t] [-n NAME] [-c CAPS] "
-				   "[-s FD] [-p N] [-f N] [-m BYTES] -- CMD...\n");
+				   "[-s FD] [-p N] [-f N] [-m BYTES] [-k FD] -- CMD...\n");
 			return 125;
 		}
 	}
@@ -169,11 +381,19 @@ int main(int argc, char **argv)
 	/* Exec'd from a memfd, the kernel named us after the fd ("3"); `ps` should say. */
 	prctl(PR_SET_NAME, "coopy-init", 0, 0, 0);
 
-	/* (1) Nothing of the host survives past this point but fds 0-2. */
-	struct sock_fprog prog = { 0, filter };
+	/* (1) Nothing of the host survives past this point but fds 0-2 (and the keeper's
+	 * control socket, made CLOEXEC so that no started process inherits it). */
 	if (filter_fd >= 0)
-		prog.len = (unsigned short)read_filter(filter_fd);
-	close_inherited();
+		g_prog.len = (unsigned short)read_filter(filter_fd);
+	if (ctl >= 0) {
+		if (ctl < 3 || fcntl(ctl, F_SETFD, FD_CLOEXEC) < 0)
+			die("control socket");
+		if (ctl > 3)
+			syscall(SYS_close_range, 3U, (unsigned)ctl - 1, 0U);
+		syscall(SYS_close_range, (unsigned)ctl + 1, ~0U, 0U);
+	} else {
+		close_inherited();
+	}
 	if (nproc >= 0)
 		set_limit(RLIMIT_NPROC, nproc, "setting the process limit");
 	if (nofile >= 0)
@@ -185,57 +405,21 @@ int main(int argc, char **argv)
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		die("no_new_privs");
 
-	/* (2) Every signal is handled synchronously by sigwaitinfo below. */
-	sigset_t all, old;
+	/* (2) Every signal is read from a signalfd in the loop below. */
+	sigset_t all;
 	sigfillset(&all);
-	if (sigprocmask(SIG_BLOCK, &all, &old) < 0)
+	if (sigprocmask(SIG_BLOCK, &all, &g_oldmask) < 0)
 		die("sigprocmask");
+	int sfd = signalfd(-1, &all, SFD_CLOEXEC);
+	if (sfd < 0)
+		die("signalfd");
 
-	int pipefd[2];
-	if (pipe2(pipefd, O_CLOEXEC) < 0)
-		die("pipe");
-
-	/* (3) The command, in its own session and (with -t) with the PTY as its terminal. */
-	pid_t child = fork();
-	if (child < 0)
-		die("fork");
-	if (child == 0) {
-		close(pipefd[0]);
-		sigprocmask(SIG_SETMASK, &old, NULL);
-		for (int s = 1; s < NSIG; s++)
-			signal(s, SIG_DFL);
-		int stage = ST_SESSION;
-		if (setsid() < 0)
-			goto fail;
-		stage = ST_TTY;
-		if (tty && ioctl(0, TIOCSCTTY, 0) < 0)
-			goto fail;
-		stage = ST_IDS;
-		if (gid >= 0 && setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) < 0)
-			goto fail;
-		if (uid >= 0 && setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) < 0)
-			goto fail;
-		/* seccomp last, immediately before exec (as bubblewrap and nsjail do). */
-		stage = ST_SECCOMP;
-		if (prog.len && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) < 0)
-			goto fail;
-		stage = ST_EXEC;
-		execvp(cmd[0], cmd);
-fail:;
-		int report[2] = { stage, errno };
-		/* (4) Tell the parent why; it prints the message. */
-		(void)!write(pipefd[1], report, sizeof report);
-		_exit(127);
-	}
-	close(pipefd[1]);
+	/* (3) The command, in its own session and (with -t) with the PTY as its terminal;
+	 * (4) a failure to start it is reported with its stage and errno. */
 	int report[2] = { 0, 0 };
-	ssize_t n;
-	do
-		n = read(pipefd[0], report, sizeof report);
-	while (n < 0 && errno == EINTR);
-	close(pipefd[0]);
-	if (n == (ssize_t)sizeof report) {
-		waitpid(child, NULL, 0);
+	const int keep[3] = { -1, -1, -1 };
+	pid_t child = start_process(cmd, tty, keep, report);
+	if (child < 0) {
 		if (report[0] == ST_EXEC)
 			report_exec_failure(name, report[1]);
 		dprintf(2, "coopy: box init: %s: %s\n", stage_names[report[0]],
@@ -243,14 +427,23 @@ fail:;
 		_exit(125);
 	}
 
-	/* (5) Forward, reap, and (6) leave with the command's status. */
+	/* (5) Forward signals, start what the keeper asks for, reap, and (6) leave with
+	 * the command's status. */
+	struct pollfd pfd[2] = { { sfd, POLLIN, 0 }, { ctl, POLLIN, 0 } };
 	for (;;) {
-		siginfo_t info;
-		int sig = sigwaitinfo(&all, &info);
-		if (sig < 0)
+		if (poll(pfd, ctl >= 0 ? 2 : 1, -1) < 0)
 			continue;
-		if (sig != SIGCHLD) {
-			kill(child, sig);
+		if (ctl >= 0 && pfd[1].revents & (POLLHUP | POLLERR))
+			pfd[1].fd = -1; /* the keeper closed its end: stop listening */
+		else if (ctl >= 0 && pfd[1].revents & POLLIN)
+			handle_control(ctl);
+		if (!(pfd[0].revents & POLLIN))
+			continue;
+		struct signalfd_siginfo si;
+		if (read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
+			continue;
+		if (si.ssi_signo != SIGCHLD) {
+			kill(child, (int)si.ssi_signo);
 			continue;
 		}
 		for (;;) {
@@ -258,11 +451,13 @@ fail:;
 			pid_t pid = waitpid(-1, &status, WNOHANG);
 			if (pid <= 0)
 				break;
-			if (pid != child)
-				continue;
-			if (WIFSIGNALED(status))
-				_exit(128 + WTERMSIG(status));
-			_exit(WEXITSTATUS(status));
+			if (pid == child) {
+				if (WIFSIGNALED(status))
+					_exit(128 + WTERMSIG(status));
+				_exit(WEXITSTATUS(status));
+			}
+			if (ctl >= 0)
+				report_exit(ctl, pid, status);
 		}
 	}
 }
