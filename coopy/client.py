@@ -32,8 +32,8 @@ def parse_detach_key(spec: str) -> int:
     raise CoopyError(f"detach key {spec!r}: expected ctrl-<key>, e.g. ctrl-]")
 
 
-def attach(record: BoxRecord, detach_key: int = DETACH_KEY) -> int:
-    """Attach this terminal to the box; its exit status, or 0 after a detach."""
+def connect(record: BoxRecord) -> socket.socket:
+    """A connection to the box's keeper; errors say what state the box is in."""
     if not record.can_attach():
         raise BoxStateError(f"box {record.name!r} is {record.state}, not running",
                             hint=f"`coopy` in {record.workspace} starts it again")
@@ -44,13 +44,89 @@ def attach(record: BoxRecord, detach_key: int = DETACH_KEY) -> int:
         sock.close()
         raise BoxStateError(f"cannot reach box {record.name!r}: {exc.strerror}",
                             hint="`coopy ls` shows whether it still runs") from exc
+    return sock
+
+
+def attach(record: BoxRecord, detach_key: int = DETACH_KEY, *, verb: str = "attach",
+           **hello: object) -> int:
+    """Attach this terminal to a PTY of the box (the agent's, or a shell with
+    ``verb="shell"``); its exit status, or 0 after a detach."""
+    sock = connect(record)
     try:
         rows, cols = _size()
-        sock.sendall(proto.hello("attach", rows, cols))
+        sock.sendall(proto.encode_json(T.HELLO, {"version": proto.VERSION, "verb": verb,
+                                                 "rows": rows, "cols": cols, **hello}))
         with raw_mode(0), signal_pipe((signal.SIGWINCH,)) as sig_fd:
             return _loop(sock, sig_fd, detach_key, record.name)
     finally:
         sock.close()
+
+
+def exec_in(record: BoxRecord, command: list[str]) -> int:
+    """Run COMMAND in the box without a PTY: pipes both ways, its exit status back.
+
+    The box gets pipes, never this process's own fds (a terminal among them would let
+    it reach the caller's terminal); their data is copied here.
+    """
+    sock = connect(record)
+    pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
+    theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
+    ours = {pipes[0][1]: None, pipes[1][0]: 1, pipes[2][0]: 2}
+    try:
+        hello = proto.encode_json(T.HELLO, {"version": proto.VERSION, "verb": "exec",
+                                            "command": command})
+        socket.send_fds(sock, [hello], theirs)
+        for fd in theirs:
+            os.close(fd)
+        theirs = []
+        return _exec_loop(sock, pipes[0][1], ours, record.name)
+    finally:
+        for fd in theirs + [fd for fd in ours if fd >= 0]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # closed on the way (stdin's pipe at EOF)
+        sock.close()
+
+
+def _exec_loop(sock: socket.socket, stdin_w: int, ours: dict[int, int | None],
+               name: str) -> int:
+    decoder = proto.Decoder()
+    reading = {fd for fd, dst in ours.items() if dst is not None}
+    stdin_open = True
+    status: int | None = None
+    while status is None or reading:
+        watch = [sock.fileno(), *reading] + ([0] if stdin_open else [])
+        ready, _, _ = select.select(watch, [], [])
+        if stdin_open and 0 in ready:
+            data = os.read(0, 65536)
+            if data:
+                try:
+                    _write_all(stdin_w, data)
+                except BrokenPipeError:
+                    data = b""
+            if not data:
+                stdin_open = False
+                os.close(stdin_w)
+                ours[stdin_w] = None
+                del ours[stdin_w]
+        for fd in list(reading):
+            if fd in ready:
+                data = os.read(fd, 65536)
+                if data:
+                    _write_all(ours[fd] or 1, data)
+                else:
+                    reading.discard(fd)
+        if sock.fileno() in ready and status is None:
+            data = sock.recv(65536)
+            if not data:
+                raise BoxStateError(f"box {name!r}: its keeper went away")
+            for frame in decoder.feed(data):
+                if frame.type == T.EXIT:
+                    status = proto.unpack_int(frame)
+                elif frame.type == T.ERROR:
+                    os.write(2, f"coopy: {frame.payload.decode()}\n".encode())
+    return status
 
 
 def _size() -> tuple[int, int]:
@@ -95,8 +171,8 @@ def _loop(sock: socket.socket, sig_fd: int, detach_key: int, name: str) -> int:
                 elif frame.type == T.EXIT:
                     return proto.unpack_int(frame)
                 elif frame.type == T.ERROR:
-                    raise CoopyError(f"box {name!r}: {frame.payload.decode()}",
-                                     hint=f"restart it: coopy kill {name}")
+                    # said, then the keeper sends EXIT (or closes: the error above)
+                    os.write(2, f"\r\ncoopy: {frame.payload.decode()}\r\n".encode())
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -35,8 +35,31 @@ class _Client:
         self.sock = sock
         self.decoder = proto.Decoder()
         self.out = bytearray()
-        self.attached = False
+        self.pty: int | None = None  # the PTY it is attached to
+        self.exec_id: int | None = None  # the `coopy exec` process it waits for
         self.greeted = False
+        self.fds: list[int] = []  # received with HELLO exec: the process's stdio
+        self.command: list[str] = []  # what it asked to start (shell, exec)
+        self.rows = 0
+        self.cols = 0
+
+
+class _Pty:
+    """One terminal of the box: 0 is the agent's, shells get 1, 2, …"""
+
+    def __init__(self, ident: int, master: int, kind: str, command: list[str],
+                 log_path: Path) -> None:
+        self.id = ident
+        self.master = master
+        self.kind = kind
+        self.command = command
+        self.scrollback = bytearray()
+        self.to_master = bytearray()
+        self.status: int | None = None  # set when its process exited
+        self.drained = False  # its master reported EOF/EIO
+        self.log_path = log_path
+        self.log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                              0o600)
 
 
 class Keeper:
@@ -46,38 +69,44 @@ class Keeper:
                  box_dir: Path, scrollback: int, log_max: int) -> None:
         assert started.master is not None
         self.started = started
-        self.master = started.master
         self.listener = listener
         self.record = record
         self.box_dir = box_dir
-        self.scrollback = bytearray()
         self.scrollback_max = scrollback
-        self.log_path = box_dir / "log"
         self.log_max = log_max
-        self.log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                              | os.O_CLOEXEC, 0o600)
+        self.ptys = {0: _Pty(0, started.master, "agent", list(record.command),
+                             box_dir / "log")}
         self.clients: dict[int, _Client] = {}
-        self.to_master = bytearray()
+        self.pending: dict[int, _Client] = {}  # started processes awaiting init's answer
+        self.next_id = 1
         self.sel = selectors.DefaultSelector()
 
     # ---- the loop ------------------------------------------------------------------
 
     def run(self) -> int:
         """Serve until the box ends; returns its status."""
-        os.set_blocking(self.master, False)
+        agent = self.ptys[0]
+        os.set_blocking(agent.master, False)
         self.listener.setblocking(False)
-        self.sel.register(self.listener, selectors.EVENT_READ, "accept")
-        self.sel.register(self.master, selectors.EVENT_READ, "master")
-        box_open = True
-        while box_open:
+        self.sel.register(self.listener, selectors.EVENT_READ, ("accept", 0))
+        self.sel.register(agent.master, selectors.EVENT_READ, ("pty", 0))
+        if self.started.control is not None:
+            self.sel.register(self.started.control, selectors.EVENT_READ, ("control", 0))
+        while not agent.drained:
             for key, events in self.sel.select():
-                if key.data == "accept":
+                kind, ident = key.data
+                if kind == "accept":
                     self._accept()
-                elif key.data == "master":
-                    if events & selectors.EVENT_READ and not self._from_master():
-                        box_open = False
+                elif kind == "control":
+                    self._from_init()
+                elif kind == "pty":
+                    pty = self.ptys.get(ident)
+                    if pty is None:
+                        continue
+                    if events & selectors.EVENT_READ:
+                        self._from_master(pty)
                     if events & selectors.EVENT_WRITE:
-                        self._flush_master()
+                        self._flush_master(pty)
                 else:
                     client = self.clients.get(key.fd)
                     if client is not None:
@@ -87,7 +116,7 @@ class Keeper:
                                            ended=time.time())
         write_record(self.box_dir, self.record)
         for client in list(self.clients.values()):
-            if client.attached or client.greeted:
+            if client.greeted:
                 self._send(client, proto.encode_int(T.EXIT, status))
                 self._flush_client(client, final=True)
             self._drop(client)
@@ -101,41 +130,114 @@ class Keeper:
         sock.setblocking(False)
         client = _Client(sock)
         self.clients[sock.fileno()] = client
-        self.sel.register(sock, selectors.EVENT_READ, "client")
+        self.sel.register(sock, selectors.EVENT_READ, ("client", 0))
 
-    def _from_master(self) -> bool:
+    def _from_master(self, pty: _Pty) -> None:
         try:
-            data = os.read(self.master, 65536)
+            data = os.read(pty.master, 65536)
         except BlockingIOError:
-            return True
+            return
         except OSError as exc:
-            if exc.errno != errno.EIO:  # EIO: the box's last PTY slave is closed
+            if exc.errno != errno.EIO:  # EIO: the PTY's last slave is closed
                 raise
             data = b""
         if not data:
-            self.sel.unregister(self.master)
-            return False
-        self.scrollback += data
-        if len(self.scrollback) > self.scrollback_max:
-            del self.scrollback[: len(self.scrollback) - self.scrollback_max]
-        self._log(data)
+            self.sel.unregister(pty.master)
+            pty.drained = True
+            if pty.id != 0:
+                self._maybe_finish(pty)
+            return
+        pty.scrollback += data
+        if len(pty.scrollback) > self.scrollback_max:
+            del pty.scrollback[: len(pty.scrollback) - self.scrollback_max]
+        self._log(pty, data)
         frame = proto.encode(T.DATA, data)
         for client in list(self.clients.values()):
-            if client.attached:
+            if client.pty == pty.id:
                 self._send(client, frame)
-        return True
 
-    def _log(self, data: bytes) -> None:
+    def _maybe_finish(self, pty: _Pty) -> None:
+        """A shell whose process exited and whose output is drained: tell, forget."""
+        if pty.status is None or not pty.drained:
+            return
+        for client in list(self.clients.values()):
+            if client.pty == pty.id:
+                self._send(client, proto.encode_int(T.EXIT, pty.status))
+                self._flush_client(client, final=True)
+                self._drop(client)
+        os.close(pty.master)
+        os.close(pty.log_fd)
+        del self.ptys[pty.id]
+
+    def _log(self, pty: _Pty, data: bytes) -> None:
         try:
-            if os.fstat(self.log_fd).st_size + len(data) > self.log_max:
+            if os.fstat(pty.log_fd).st_size + len(data) > self.log_max:
                 # Rotate: one previous log is kept, so a chatty agent cannot fill the disk.
-                os.replace(self.log_path, self.log_path.with_suffix(".1"))
-                os.close(self.log_fd)
-                self.log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                                      | os.O_CLOEXEC, 0o600)
-            os.write(self.log_fd, data)
+                os.replace(pty.log_path, pty.log_path.with_suffix(".1"))
+                os.close(pty.log_fd)
+                pty.log_fd = os.open(pty.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                                     | os.O_CLOEXEC, 0o600)
+            os.write(pty.log_fd, data)
         except OSError:
             pass  # a full disk must not take the box down; the terminal still works
+
+    # ---- coopy-init's answers --------------------------------------------------------
+
+    def _from_init(self) -> None:
+        assert self.started.control is not None
+        try:
+            msg, fds, _, _ = socket.recv_fds(self.started.control, 4096, 1)
+        except OSError:
+            msg, fds = b"", []
+        if not msg:
+            self.sel.unregister(self.started.control)
+            return
+        fields = msg.rstrip(b"\0").split(b"\0")
+        kind, ident = fields[0], int(fields[1])
+        client = self.pending.pop(ident, None)
+        if kind == b"P":
+            if fds:  # a shell: its PTY master
+                pty = _Pty(ident, fds[0], "shell", [], self.box_dir / f"shell-{ident}.log")
+                os.set_blocking(pty.master, False)
+                self.ptys[ident] = pty
+                self.sel.register(pty.master, selectors.EVENT_READ, ("pty", ident))
+                if client is not None:
+                    pty.command = client.command
+                    client.pty = ident
+                    self._resize(pty, client.rows, client.cols)
+            elif client is not None:
+                client.exec_id = ident
+        elif kind == b"E" and client is not None:
+            stage, err = fields[2].decode(), int(fields[3])
+            code = 127 if stage == "exec" and err in (errno.ENOENT, errno.ENOTDIR) else 126
+            what = "not found" if code == 127 else os.strerror(err)
+            self._send(client, proto.encode(T.ERROR, f"cannot run {client.command[0]!r} "
+                                            f"in the box: {what}".encode()))
+            self._send(client, proto.encode_int(T.EXIT, code))
+        elif kind == b"X":
+            status = int(fields[2])
+            done = self.ptys.get(ident)
+            if done is not None:
+                done.status = status
+                self._maybe_finish(done)
+            for c in list(self.clients.values()):
+                if c.exec_id == ident:
+                    self._send(c, proto.encode_int(T.EXIT, status))
+                    self._flush_client(c, final=True)
+                    self._drop(c)
+
+    def _ask_init(self, fields: list[str], fds: list[int] | None = None) -> bool:
+        if self.started.control is None:
+            return False
+        msg = b"\0".join(f.encode() for f in fields) + b"\0"
+        try:
+            if fds:
+                socket.send_fds(self.started.control, [msg], fds)
+            else:
+                self.started.control.send(msg)
+        except OSError:
+            return False
+        return True
 
     # ---- clients -------------------------------------------------------------------
 
@@ -145,11 +247,12 @@ class Keeper:
         if not events & selectors.EVENT_READ:
             return
         try:
-            data = client.sock.recv(65536)
+            data, fds, _, _ = socket.recv_fds(client.sock, 65536, 3)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
+            data, fds = b"", []
+        client.fds += fds
         if not data:
             self._drop(client)
             return
@@ -161,70 +264,127 @@ class Keeper:
             self._drop(client)
             return
         for frame in frames:
+            if client.sock.fileno() < 0:
+                break
             self._handle(client, frame)
 
     def _handle(self, client: _Client, frame: proto.Frame) -> None:
         if not client.greeted:
-            hello = frame.json() if frame.type == T.HELLO else {}
-            if hello.get("version") != proto.VERSION:
-                self._send(client, proto.encode(
-                    T.ERROR, f"this box's keeper speaks protocol {proto.VERSION}; "
-                    "restart the box with this coopy".encode()))
-                self._flush_client(client, final=True)
-                self._drop(client)
-                return
-            client.greeted = True
-            verb = hello.get("verb")
-            if verb == "attach":
-                client.attached = True
-                self._resize(int(hello.get("rows", 0)), int(hello.get("cols", 0)))
-                if self.scrollback:
-                    self._send(client, proto.encode(T.DATA, bytes(self.scrollback)))
-            elif verb == "info":
-                self._send(client, proto.encode_json(T.INFO, self.info()))
+            self._hello(client, frame.json() if frame.type == T.HELLO else {})
             return
+        pty = self.ptys.get(client.pty) if client.pty is not None else None
         match frame.type:
-            case T.DATA if client.attached:
-                self.to_master += frame.payload
-                self._flush_master()
-            case T.RESIZE:
-                self._resize(*proto.unpack_resize(frame.payload))
+            case T.DATA if pty is not None:
+                pty.to_master += frame.payload
+                self._flush_master(pty)
+            case T.RESIZE if pty is not None:
+                self._resize(pty, *proto.unpack_resize(frame.payload))
             case T.DETACH:
                 self._drop(client)
             case T.KILL:
-                self.started.signal(proto.unpack_int(frame))
+                sig = proto.unpack_int(frame)
+                target = client.pty if client.pty else client.exec_id
+                if target:
+                    self._ask_init(["K", str(target), str(sig)])
+                else:
+                    self.started.signal(sig)
                 self._send(client, proto.encode(T.OK))
+            case T.DATA | T.RESIZE:
+                pass  # not attached (yet): an exec client's or a shell still starting
             case _:
                 self._send(client, proto.encode(T.ERROR, f"unexpected {frame.type.name}"
                                                 .encode()))
 
-    def info(self) -> dict[str, object]:
-        """What ``coopy ls`` shows of a running box."""
-        return {"name": self.record.name, "state": "running",
-                "clients": sum(1 for c in self.clients.values() if c.attached),
-                "pid": os.getpid()}
+    def _hello(self, client: _Client, hello: dict[str, object]) -> None:
+        if hello.get("version") != proto.VERSION:
+            self._send(client, proto.encode(
+                T.ERROR, f"this box's keeper speaks protocol {proto.VERSION}; "
+                "restart the box with this coopy".encode()))
+            self._flush_client(client, final=True)
+            self._drop(client)
+            return
+        client.greeted = True
+        verb = hello.get("verb")
+        rows, cols = int(str(hello.get("rows", 0))), int(str(hello.get("cols", 0)))
+        if verb == "attach":
+            target = int(str(hello.get("pty", 0)))
+            pty = self.ptys.get(target)
+            if pty is None:
+                self._send(client, proto.encode(T.ERROR, f"no shell {target} in this box"
+                                                .encode()))
+                return
+            client.pty = target
+            self._resize(pty, rows, cols)
+            if pty.scrollback:
+                self._send(client, proto.encode(T.DATA, bytes(pty.scrollback)))
+        elif verb == "info":
+            self._send(client, proto.encode_json(T.INFO, self.info()))
+        elif verb in ("shell", "exec"):
+            raw = hello.get("command")
+            command = [str(x) for x in raw] if isinstance(raw, list) else []
+            if verb == "shell" and not hello.get("new") and not command:
+                live = [p for p in self.ptys.values() if p.kind == "shell" and p.status is None]
+                if live:
+                    client.pty = live[0].id
+                    self._resize(live[0], rows, cols)
+                    self._send(client, proto.encode(T.DATA, bytes(live[0].scrollback)))
+                    return
+            if not command:
+                shell = hello.get("shell")
+                command = [str(x) for x in shell] if isinstance(shell, list) else ["sh", "-l"]
+            ident = self.next_id
+            self.next_id += 1
+            client.command = command
+            client.rows, client.cols = rows, cols
+            tty = "1" if verb == "shell" else "0"
+            if verb == "exec" and len(client.fds) != 3:
+                self._send(client, proto.encode(T.ERROR, b"exec needs its 3 stdio fds"))
+                return
+            self.pending[ident] = client
+            ok = self._ask_init(["S", str(ident), tty, *command],
+                                client.fds if verb == "exec" else None)
+            for fd in client.fds:
+                os.close(fd)
+            client.fds = []
+            if not ok:
+                self.pending.pop(ident, None)
+                self._send(client, proto.encode(T.ERROR, b"this box cannot start processes"))
+        elif verb == "signal":
+            self._ask_init(["K", str(hello.get("id")), str(hello.get("signal", 15))])
+            self._send(client, proto.encode(T.OK))
 
-    def _resize(self, rows: int, cols: int) -> None:
+    def info(self) -> dict[str, object]:
+        """What ``coopy ls`` and ``coopy shell ls`` show of a running box."""
+        shells = [{"id": p.id, "command": p.command,
+                   "clients": sum(1 for c in self.clients.values() if c.pty == p.id)}
+                  for p in self.ptys.values() if p.kind == "shell" and p.status is None]
+        return {"name": self.record.name, "state": "running",
+                "clients": sum(1 for c in self.clients.values() if c.pty == 0),
+                "shells": shells, "pid": os.getpid()}
+
+    def _resize(self, pty: _Pty, rows: int, cols: int) -> None:
         if rows and cols:
             with contextlib.suppress(OSError):
-                fcntl.ioctl(self.master, termios.TIOCSWINSZ,
+                fcntl.ioctl(pty.master, termios.TIOCSWINSZ,
                             struct.pack("HHHH", rows, cols, 0, 0))
 
-    def _flush_master(self) -> None:
-        while self.to_master:
+    def _flush_master(self, pty: _Pty) -> None:
+        while pty.to_master:
             try:
-                n = os.write(self.master, self.to_master)
+                n = os.write(pty.master, pty.to_master)
             except BlockingIOError:
                 break
             except OSError:
-                self.to_master.clear()
+                pty.to_master.clear()
                 break
-            del self.to_master[:n]
-        if self.master in self.sel.get_map():
-            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.to_master else 0)
-            self.sel.modify(self.master, want, "master")
+            del pty.to_master[:n]
+        if pty.master in self.sel.get_map():
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if pty.to_master else 0)
+            self.sel.modify(pty.master, want, ("pty", pty.id))
 
     def _send(self, client: _Client, frame: bytes) -> None:
+        if client.sock.fileno() < 0:
+            return
         client.out += frame
         if len(client.out) > CLIENT_BUFFER_MAX:
             self._drop(client)
@@ -232,6 +392,8 @@ class Keeper:
         self._flush_client(client)
 
     def _flush_client(self, client: _Client, final: bool = False) -> None:
+        if client.sock.fileno() < 0:
+            return
         if final:
             client.sock.setblocking(True)
             client.sock.settimeout(2)
@@ -246,13 +408,18 @@ class Keeper:
             del client.out[:n]
         if client.sock.fileno() in self.sel.get_map() and not final:
             want = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.out else 0)
-            self.sel.modify(client.sock, want, "client")
+            self.sel.modify(client.sock, want, ("client", 0))
 
     def _drop(self, client: _Client) -> None:
         fd = client.sock.fileno()
+        if fd < 0:
+            return
         if fd in self.sel.get_map():
             self.sel.unregister(client.sock)
         self.clients.pop(fd, None)
+        for f in client.fds:
+            os.close(f)
+        client.fds = []
         client.sock.close()
 
 
@@ -324,7 +491,7 @@ def _keeper_main(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Pa
     finally:
         os.umask(old)
     listener.listen(16)
-    started = start(launch._replace(tty=True))
+    started = start(launch._replace(tty=True, control=True))
     from coopy.state import proc_start_time
 
     record = record._replace(state="running", keeper_pid=os.getpid(),

@@ -76,15 +76,18 @@ class Launch(NamedTuple):
     nproc: int | None = None  # RLIMIT_NPROC, set inside the box's user namespace
     nofile: int | None = None
     memory: int | None = None  # RLIMIT_DATA per process (no cgroup on this host)
+    control: bool = False  # keep a channel to coopy-init for shells and exec (keeper)
 
 
 class Started:
     """A running box: A's pid (the one to wait for), B's pidfd, the PTY master if any."""
 
-    def __init__(self, pid: int, init_pidfd: int, master: int | None) -> None:
+    def __init__(self, pid: int, init_pidfd: int, master: int | None,
+                 control: socket.socket | None = None) -> None:
         self.pid = pid
         self.init_pidfd = init_pidfd
         self.master = master
+        self.control = control  # SOCK_SEQPACKET to coopy-init (Launch.control)
 
     def wait(self) -> int:
         """Wait for the box to end; its command's status as a shell reports it."""
@@ -160,12 +163,15 @@ def start(launch: Launch) -> Started:
             os.close(master)
         if init_pidfd >= 0:
             os.close(init_pidfd)
+        if launch.control:
+            ours.close()
         _reap(pid)
         raise
     finally:
         os.close(err_r)
-        ours.close()
-    return Started(pid, init_pidfd, master)
+        if not launch.control:
+            ours.close()
+    return Started(pid, init_pidfd, master, ours if launch.control else None)
 
 
 # ---- P's side ----------------------------------------------------------------------------
@@ -420,12 +426,19 @@ def _child_b(launch: Launch, sock: socket.socket, trees: Trees, init_fd: int) ->
         os.write(wr, launch.seccomp)
         os.close(wr)
         os.set_inheritable(filter_fd, True)
-    os.execve(init_fd, build_init_argv(launch, filter_fd), launch.env)
+    control_fd = None
+    if launch.control:
+        control_fd = sock.fileno()
+        os.set_inheritable(control_fd, True)
+    os.execve(init_fd, build_init_argv(launch, filter_fd, control_fd), launch.env)
 
 
-def build_init_argv(launch: Launch, filter_fd: int | None = None) -> list[str]:
+def build_init_argv(launch: Launch, filter_fd: int | None = None,
+                    control_fd: int | None = None) -> list[str]:
     """coopy-init's command line (its contract is at the top of native/coopy-init.c)."""
     argv = [INIT_NAME]
+    if control_fd is not None:
+        argv += ["-k", str(control_fd)]
     if launch.caps is not None:
         argv += ["-c", f"{launch.caps:x}"]
     if filter_fd is not None:

@@ -15,6 +15,8 @@ import sys
 VERBS = {
     "up": ("coopy.cli.up", "(the default) create the project's box, attach to its agent"),
     "attach": ("coopy.cli.attach", "attach to a running box's agent; Ctrl+] detaches"),
+    "shell": ("coopy.cli.shell", "a shell in a running box, beside its agent"),
+    "exec": ("coopy.cli.exec", "run a command in a running box, no terminal"),
     "ls": ("coopy.cli.ls", "list your boxes"),
     "logs": ("coopy.cli.logs", "print a box's terminal log"),
     "kill": ("coopy.cli.kill", "stop a box (SIGTERM, grace, SIGKILL)"),

@@ -140,3 +140,63 @@ def test_errors_name_the_state(box_user: BoxUser) -> None:
     res = box_user.coopy("attach", "no-such-box")
     assert res.returncode == 125 and "no box named 'no-such-box'" in res.stderr
     assert "coopy ls" in res.stderr
+
+
+def test_exec_runs_beside_the_agent_with_pipes_and_status(box_user: BoxUser, name: str) -> None:
+    ws = box_user.workspace()
+    assert box_user.coopy("-d", "-n", name, "--", "sleep", "1000", cwd=ws).returncode == 0
+    res = box_user.coopy("exec", name, "--", "sh", "-c",
+                         "cat; echo out; echo err >&2; grep -c sleep /proc/[0-9]*/comm "
+                         "| grep -v ':0' | wc -l; grep Seccomp: /proc/self/status; exit 4",
+                         input="from stdin\n")
+    assert res.returncode == 4, res.stderr
+    assert res.stdout.split("\n")[:3] == ["from stdin", "out", "1"]  # sees the agent
+    assert "Seccomp:\t2" in res.stdout
+    assert res.stderr == "err\n"
+    missing = box_user.coopy("exec", name, "--", "no-such-cmd")
+    assert missing.returncode == 127
+    assert "cannot run 'no-such-cmd' in the box: not found" in missing.stderr
+    assert box_user.coopy("kill", "-f", name).returncode == 0
+    gone = box_user.coopy("exec", name, "--", "true")
+    assert gone.returncode == 125 and "is exited, not running" in gone.stderr
+
+
+def test_shells_beside_the_agent(box_user: BoxUser, name: str) -> None:
+    ws = box_user.workspace()
+    assert box_user.coopy("-d", "-n", name, "--", "sleep", "1000", cwd=ws).returncode == 0
+    argv = box_user.argv(["shell", name, "-c", "tty; pwd; exit 6"])
+    c = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(), timeout=TIMEOUT,
+                      encoding="utf-8")
+    try:
+        c.expect(r"/dev/pts/\d+")
+        c.expect(str(ws))
+        c.expect(pexpect.EOF)
+    finally:
+        c.close(force=True)
+    assert c.exitstatus == 6
+    # an interactive shell: detach, it stays listed, reattach sees what it printed
+    argv = box_user.argv(["shell", name])
+    c = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(), timeout=TIMEOUT,
+                      encoding="utf-8")
+    try:
+        c.expect("# ")
+        c.sendline("echo shell-$((3*3))")
+        c.expect("shell-9")
+        c.send("\x1d")
+        c.expect(pexpect.EOF)
+    finally:
+        c.close(force=True)
+    listed = json.loads(box_user.coopy("shell", "ls", name, "--json").stdout)
+    assert len(listed) == 1 and listed[0]["command"] == ["sh", "-l"]
+    c = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(), timeout=TIMEOUT,
+                      encoding="utf-8")
+    try:
+        c.expect("shell-9")  # the shell's own scrollback
+        c.sendline("exit 2")
+        c.expect(pexpect.EOF)
+    finally:
+        c.close(force=True)
+    assert c.exitstatus == 2
+    assert json.loads(box_user.coopy("shell", "ls", name, "--json").stdout) == []
+    assert ls(box_user)[name]["state"] == "running"  # the agent is untouched
+    assert box_user.coopy("kill", name).returncode == 0

@@ -1,0 +1,69 @@
+"""``coopy shell``: shells beside the agent, in the same box, limits and filter."""
+
+from __future__ import annotations
+
+import argparse
+
+from coopy.cli._args import Parser
+
+EPILOG = """\
+examples:
+  coopy shell              attach to this workspace's box's shell (start one if none)
+  coopy shell --new        always a new one
+  coopy shell -c 'make test'       run a command on a new PTY; exit with its status
+  coopy shell ls [BOX]     the box's shells
+  coopy shell kill ID [BOX]
+
+Shells are login shells in the workspace, started by the box's init: same namespaces,
+ids, limits, capabilities and seccomp filter as the agent.  Ctrl+] detaches.
+"""
+
+
+def parser() -> Parser:
+    """The argument parser of ``coopy shell``."""
+    p = Parser("coopy shell", "A shell in a running box, beside its agent.", EPILOG)
+    p.add_argument("args", nargs="*", metavar="[BOX] | ls [BOX] | kill ID [BOX]")
+    p.add_argument("--new", action="store_true", help="start a new shell")
+    p.add_argument("-c", dest="command", metavar="CMD", help="run CMD in a new shell")
+    p.add_argument("--detach-keys", default="ctrl-]", metavar="KEY")
+    p.add_argument("--json", action="store_true", help="with ls: print JSON")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Attach, start, list or kill shells."""
+    import json
+    import signal
+
+    from coopy.cli.attach import default_box
+    from coopy.client import attach, parse_detach_key
+    from coopy.errors import ConfigError
+    from coopy.lifecycle import ask, find
+
+    words = list(args.args)
+    if words and words[0] == "ls":
+        _, record = find(default_box(words[1] if len(words) > 1 else None))
+        shells = ask(record, "info").get("shells", []) if record.state == "running" else []
+        if args.json:
+            print(json.dumps(shells, indent=2))
+        else:
+            for sh in shells if isinstance(shells, list) else []:
+                print(f"{sh['id']:>3}  {' '.join(sh['command'])}  ({sh['clients']} attached)")
+        return 0
+    if words and words[0] == "kill":
+        if len(words) < 2 or not words[1].isdigit():
+            raise ConfigError("coopy shell kill: which shell?", hint="coopy shell kill ID [BOX]")
+        _, record = find(default_box(words[2] if len(words) > 2 else None))
+        from coopy.client import connect
+        from coopy.proto import VERSION, T, encode_json
+
+        with connect(record) as sock:
+            sock.sendall(encode_json(T.HELLO, {"version": VERSION, "verb": "signal",
+                                               "id": int(words[1]), "signal": signal.SIGHUP}))
+            sock.recv(64)
+        return 0
+    _, record = find(default_box(words[0] if words else None))
+    login = ["sh", "-l"]
+    command = ["sh", "-lc", args.command] if args.command else None
+    return attach(record, parse_detach_key(args.detach_keys), verb="shell",
+                  new=bool(args.new or command), command=command, shell=login)
