@@ -14,6 +14,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import select
 import selectors
 import signal
 import socket
@@ -66,9 +67,17 @@ class Keeper:
     """Serves one box until its command exits."""
 
     def __init__(self, started: Started, listener: socket.socket, record: BoxRecord,
-                 box_dir: Path, scrollback: int, log_max: int) -> None:
+                 box_dir: Path, scrollback: int, log_max: int, auto_restart: bool = False,
+                 restart_delay: float = 1.0) -> None:
         assert started.master is not None
         self.started = started
+        self.auto_restart = auto_restart
+        self.restart_delay = restart_delay
+        self.exits: list[float] = []  # recent agent exits, for the crash-loop stop
+        self.restart_with: list[str] | None = None  # set by `coopy restart`
+        self.restart_at: float | None = None  # when to start the agent again
+        self.kill_at: float | None = None  # when a restart's SIGTERM turns into SIGKILL
+        self.stopping = False  # the box is being killed: its agent is not restarted
         self.listener = listener
         self.record = record
         self.box_dir = box_dir
@@ -90,12 +99,17 @@ class Keeper:
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, ("accept", 0))
         self.sel.register(agent.master, selectors.EVENT_READ, ("pty", 0))
+        box = os.pidfd_open(self.started.pid)  # readable when the box has ended
+        self.sel.register(box, selectors.EVENT_READ, ("box", 0))
         if self.started.control is not None:
             self.sel.register(self.started.control, selectors.EVENT_READ, ("control", 0))
-        while not agent.drained:
-            for key, events in self.sel.select():
+        ended = False
+        while not ended:
+            for key, events in self.sel.select(self._timeout()):
                 kind, ident = key.data
-                if kind == "accept":
+                if kind == "box":
+                    ended = True
+                elif kind == "accept":
                     self._accept()
                 elif kind == "control":
                     self._from_init()
@@ -111,6 +125,13 @@ class Keeper:
                     client = self.clients.get(key.fd)
                     if client is not None:
                         self._serve(client, events)
+            self._timers()
+        for pty in list(self.ptys.values()):  # what the box printed last
+            while not pty.drained:
+                self._from_master(pty)
+                if not pty.drained and not select.select([pty.master], [], [], 0)[0]:
+                    break
+        os.close(box)
         status = self.started.wait()
         self.record = self.record._replace(state="exited", exit_status=status,
                                            ended=time.time())
@@ -195,7 +216,17 @@ class Keeper:
         fields = msg.rstrip(b"\0").split(b"\0")
         kind, ident = fields[0], int(fields[1])
         client = self.pending.pop(ident, None)
-        if kind == b"P":
+        if kind == b"P" and ident == 0 and fds:  # the restarted agent's new terminal
+            agent = self.ptys[0]
+            while not agent.drained and select.select([agent.master], [], [], 0)[0]:
+                self._from_master(agent)  # the old agent's last words first
+            if not agent.drained:
+                self.sel.unregister(agent.master)
+            os.close(agent.master)
+            agent.master, agent.drained, agent.status = fds[0], False, None
+            os.set_blocking(agent.master, False)
+            self.sel.register(agent.master, selectors.EVENT_READ, ("pty", 0))
+        elif kind == b"P":
             if fds:  # a shell: its PTY master
                 pty = _Pty(ident, fds[0], "shell", [], self.box_dir / f"shell-{ident}.log")
                 os.set_blocking(pty.master, False)
@@ -214,6 +245,8 @@ class Keeper:
             self._send(client, proto.encode(T.ERROR, f"cannot run {client.command[0]!r} "
                                             f"in the box: {what}".encode()))
             self._send(client, proto.encode_int(T.EXIT, code))
+        elif kind == b"X" and ident == 0:
+            self._agent_exited(int(fields[2]))
         elif kind == b"X":
             status = int(fields[2])
             done = self.ptys.get(ident)
@@ -225,6 +258,58 @@ class Keeper:
                     self._send(c, proto.encode_int(T.EXIT, status))
                     self._flush_client(c, final=True)
                     self._drop(c)
+
+    # ---- the agent's restarts ----------------------------------------------------------
+
+    CRASH_LOOP = (3, 5.0)  # this many exits within this many seconds: stop restarting
+
+    def _agent_exited(self, status: int) -> None:
+        now = time.monotonic()
+        self.kill_at = None
+        if self.restart_with is not None and not self.stopping:
+            self._start_agent(self.restart_with)
+            self.restart_with = None
+            return
+        if self.auto_restart and not self.stopping:
+            count, window = self.CRASH_LOOP
+            self.exits = [t for t in self.exits if now - t < window] + [now]
+            if len(self.exits) < count:
+                self._note(f"the agent exited with status {status}; restarting it in "
+                           f"{self.restart_delay:g} s")
+                self.restart_at = now + self.restart_delay
+                return
+            self._note(f"the agent exited {count} times within {window:g} s (last status "
+                       f"{status}): not restarting it")
+        self._ask_init(["Q", str(status)])
+
+    def _start_agent(self, command: list[str]) -> None:
+        self.record = self.record._replace(command=tuple(command))
+        write_record(self.box_dir, self.record)
+        self.ptys[0].command = command
+        self._ask_init(["S", "0", "1", *command])
+
+    def _note(self, text: str) -> None:
+        """A line from coopy in the agent's terminal (and its scrollback and log)."""
+        data = f"\r\n[coopy: {text}]\r\n".encode()
+        agent = self.ptys[0]
+        agent.scrollback += data
+        self._log(agent, data)
+        for client in list(self.clients.values()):
+            if client.pty == 0:
+                self._send(client, proto.encode(T.DATA, data))
+
+    def _timeout(self) -> float | None:
+        times = [t for t in (self.restart_at, self.kill_at) if t is not None]
+        return max(0.0, min(times) - time.monotonic()) if times else None
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        if self.restart_at is not None and now >= self.restart_at:
+            self.restart_at = None
+            self._start_agent(list(self.record.command))
+        if self.kill_at is not None and now >= self.kill_at:
+            self.kill_at = None
+            self._ask_init(["K", "0", str(signal.SIGKILL)])
 
     def _ask_init(self, fields: list[str], fds: list[int] | None = None) -> bool:
         if self.started.control is None:
@@ -287,6 +372,7 @@ class Keeper:
                 if target:
                     self._ask_init(["K", str(target), str(sig)])
                 else:
+                    self.stopping = True  # `coopy kill`: no restart when the agent exits
                     self.started.signal(sig)
                 self._send(client, proto.encode(T.OK))
             case T.DATA | T.RESIZE:
@@ -349,6 +435,14 @@ class Keeper:
             if not ok:
                 self.pending.pop(ident, None)
                 self._send(client, proto.encode(T.ERROR, b"this box cannot start processes"))
+        elif verb == "restart":
+            raw = hello.get("command")
+            command = [str(x) for x in raw] if isinstance(raw, list) and raw else list(
+                self.record.command)
+            self.restart_with = command
+            self._ask_init(["K", "0", str(signal.SIGTERM)])
+            self.kill_at = time.monotonic() + 10.0
+            self._send(client, proto.encode(T.OK))
         elif verb == "signal":
             self._ask_init(["K", str(hello.get("id")), str(hello.get("signal", 15))])
             self._send(client, proto.encode(T.OK))
@@ -424,7 +518,8 @@ class Keeper:
 
 
 def launch_keeper(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Path,
-                  scrollback: int, log_max: int) -> int:
+                  scrollback: int, log_max: int, auto_restart: bool = False,
+                  restart_delay: float = 1.0) -> int:
     """Start a detached keeper for ``launch``; return its pid once the box runs.
 
     Double fork: the keeper is reparented to init (or the nearest subreaper) and lives in
@@ -442,7 +537,8 @@ def launch_keeper(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: P
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
-            _keeper_main(launch, record, box_dir, sock_path, scrollback, log_max, wr)
+            _keeper_main(launch, record, box_dir, sock_path, scrollback, log_max, wr,
+                         auto_restart, restart_delay)
         except BaseException as exc:  # noqa: BLE001 - told to the caller, then exit
             message = exc.message if isinstance(exc, CoopyError) else str(exc)
             with contextlib.suppress(OSError):
@@ -468,7 +564,8 @@ def launch_keeper(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: P
 
 
 def _keeper_main(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Path,
-                 scrollback: int, log_max: int, ready_fd: int) -> None:
+                 scrollback: int, log_max: int, ready_fd: int, auto_restart: bool,
+                 restart_delay: float) -> None:
     # Nothing of the caller's terminal: stdio to /dev/null, errors to keeper.log.
     null = os.open("/dev/null", os.O_RDWR)
     log = os.open(box_dir / "keeper.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -501,7 +598,8 @@ def _keeper_main(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Pa
     os.write(ready_fd, f"ok {os.getpid()}\n".encode())
     os.close(ready_fd)
     try:
-        Keeper(started, listener, record, box_dir, scrollback, log_max).run()
+        Keeper(started, listener, record, box_dir, scrollback, log_max, auto_restart,
+               restart_delay).run()
     finally:
         listener.close()
         with contextlib.suppress(FileNotFoundError):

@@ -64,7 +64,9 @@ def find(name: str) -> tuple[Path, BoxRecord]:
     return box_dir, refresh(box_dir, record)
 
 
-def create(req: RunRequest, name: str) -> BoxRecord:
+def create(req: RunRequest, name: str, *, scrollback: int = SCROLLBACK,
+           log_max: int = LOG_MAX, auto_restart: bool = False,
+           restart_delay: float = 1.0) -> BoxRecord:
     """Start box ``name`` detached, unless it already runs; return its record.
 
     The box directory's lock makes two ``coopy`` started at once in one workspace end
@@ -95,7 +97,8 @@ def create(req: RunRequest, name: str) -> BoxRecord:
 
     def start_keeper(p: Prepared) -> int:
         launch = build_launch(p, True, (0, 1, 2))
-        return launch_keeper(launch, record, box_dir, sock, SCROLLBACK, LOG_MAX)
+        return launch_keeper(launch, record, box_dir, sock, scrollback, log_max,
+                             auto_restart, restart_delay)
 
     try:
         _with_box(req, lambda: RunDir(box_dir, lock), start_keeper, keep=True)
@@ -105,6 +108,17 @@ def create(req: RunRequest, name: str) -> BoxRecord:
     created = read_record(box_dir)
     assert created is not None
     return created
+
+
+def restart(name: str, command: list[str]) -> BoxRecord:
+    """Restart the box's agent (PTY 0) with ``command``; shells, clients, upper stay."""
+    _, record = find(name)
+    if record.state != "running":
+        raise BoxStateError(f"box {name!r} is {record.state}, not running",
+                            hint="`coopy` in its workspace starts it again")
+    if not ask(record, "restart", command=command):
+        raise CoopyError(f"box {name!r} did not answer", hint="`coopy ls` shows its state")
+    return record
 
 
 def list_boxes() -> list[tuple[BoxRecord, int | None]]:
@@ -126,13 +140,15 @@ def list_boxes() -> list[tuple[BoxRecord, int | None]]:
     return out
 
 
-def ask(record: BoxRecord, verb: str, kill: int | None = None) -> dict[str, object]:
+def ask(record: BoxRecord, verb: str, kill: int | None = None,
+        **extra: object) -> dict[str, object]:
     """One request to a keeper (``info``, or a signal for ``kill``); {} when it is gone."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(2)
             s.connect(record.socket)
-            s.sendall(proto.hello(verb))
+            s.sendall(proto.encode_json(T.HELLO, {"version": proto.VERSION, "verb": verb,
+                                                  **extra}))
             if kill is not None:
                 s.sendall(proto.encode_int(T.KILL, kill))
             decoder = proto.Decoder()

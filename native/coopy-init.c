@@ -21,6 +21,10 @@
  *             separated by NUL:
  *               keeper → init  "S" ID TTY(0|1) ARGV...   start; TTY=0 comes with 3 fds
  *                              "K" ID SIGNAL              signal a started process
+ *                              "Q" STATUS                 end the box with STATUS
+ *             With -k, COMMAND is process 0 and its exit does not end the box: init
+ *             reports it ("X" 0 STATUS) and the keeper answers "Q" (end) or "S" 0 …
+ *             (restart the agent).
  *               init → keeper  "P" ID   started (TTY=1: with the PTY master's fd)
  *                              "E" ID STAGE ERRNO         could not start it
  *                              "X" ID STATUS              it exited (128+N: signal N)
@@ -216,6 +220,7 @@ fail:;
 /* ---- the keeper's control channel ------------------------------------------------ */
 
 #define MAX_STARTED 256
+static pid_t agent = -1; /* process 0: the box's command, the target of signals */
 #define MAX_ARGS 256
 static struct { long id; pid_t pid; } started[MAX_STARTED];
 static char msg[65536];
@@ -284,7 +289,9 @@ static void handle_control(int ctl)
 	for (char *p = msg; p < msg + n && argc < MAX_ARGS; p += strlen(p) + 1)
 		margv[argc++] = p;
 	margv[argc] = NULL;
-	if (argc >= 3 && strcmp(margv[0], "K") == 0) {
+	if (argc >= 2 && strcmp(margv[0], "Q") == 0) {
+		_exit((int)strtol(margv[1], NULL, 10));
+	} else if (argc >= 3 && strcmp(margv[0], "K") == 0) {
 		long id = strtol(margv[1], NULL, 10);
 		for (int i = 0; i < MAX_STARTED; i++)
 			if (started[i].pid > 0 && started[i].id == id)
@@ -319,6 +326,8 @@ static void handle_control(int ctl)
 		if (pid > 0) {
 			started[slot].id = id;
 			started[slot].pid = pid;
+			if (id == 0)
+				agent = pid; /* a restarted agent: signals go to it now */
 			send_fields(ctl, master, "P", id, NULL, NULL);
 		} else {
 			char err[16];
@@ -419,6 +428,11 @@ int main(int argc, char **argv)
 	int report[2] = { 0, 0 };
 	const int keep[3] = { -1, -1, -1 };
 	pid_t child = start_process(cmd, tty, keep, report);
+	agent = child;
+	if (child > 0 && ctl >= 0) {
+		started[0].id = 0;
+		started[0].pid = child;
+	}
 	if (child < 0) {
 		if (report[0] == ST_EXEC)
 			report_exec_failure(name, report[1]);
@@ -443,7 +457,8 @@ int main(int argc, char **argv)
 		if (read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
 			continue;
 		if (si.ssi_signo != SIGCHLD) {
-			kill(child, (int)si.ssi_signo);
+			if (agent > 0)
+				kill(agent, (int)si.ssi_signo);
 			continue;
 		}
 		for (;;) {
@@ -451,7 +466,10 @@ int main(int argc, char **argv)
 			pid_t pid = waitpid(-1, &status, WNOHANG);
 			if (pid <= 0)
 				break;
-			if (pid == child) {
+			if (pid == agent)
+				agent = -1;
+			if (pid == child && (ctl < 0 || pfd[1].fd < 0)) {
+				/* without a keeper to ask, the box ends with its command */
 				if (WIFSIGNALED(status))
 					_exit(128 + WTERMSIG(status));
 				_exit(WEXITSTATUS(status));

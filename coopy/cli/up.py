@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
         request = request._replace(command=command)
     name = args.name or box_name(request.workspace)
     request = request._replace(hostname=args.hostname or name)
-    record = create(request, name)
+    session = config.session
+    record = create(request, name, scrollback=session.scrollback, log_max=session.log_max,
+                    auto_restart=session.auto_restart,
+                    restart_delay=session.restart_delay_ms / 1000)
     if args.detach:
         print(f"box {record.name} is running (`coopy attach {record.name}`)")
         return 0

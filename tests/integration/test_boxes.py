@@ -200,3 +200,38 @@ def test_shells_beside_the_agent(box_user: BoxUser, name: str) -> None:
     assert json.loads(box_user.coopy("shell", "ls", name, "--json").stdout) == []
     assert ls(box_user)[name]["state"] == "running"  # the agent is untouched
     assert box_user.coopy("kill", name).returncode == 0
+
+
+def test_restart_keeps_the_box_and_its_clients(box_user: BoxUser, name: str) -> None:
+    ws = box_user.workspace()
+    (ws / "coop.toml").write_text('[sandbox]\nagent = "sh -c \\"echo run-$$; exec sleep 1000\\""\n')
+    assert box_user.coopy("-d", "-n", name, cwd=ws).returncode == 0
+    deadline = time.monotonic() + TIMEOUT
+    while "run-" not in box_user.coopy("logs", name).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    shell = box_user.coopy("exec", name, "--", "sh", "-c", "echo kept > /root/marker")
+    assert shell.returncode == 0
+    res = box_user.coopy("restart", name, cwd=ws)
+    assert res.returncode == 0, res.stderr
+    while box_user.coopy("logs", name).stdout.count("run-") < 2:
+        assert time.monotonic() < deadline, box_user.coopy("logs", name).stdout
+        time.sleep(0.05)
+    assert ls(box_user)[name]["state"] == "running"
+    # the upper layer stayed: what the box wrote outside the workspace is still there
+    assert box_user.coopy("exec", name, "--", "cat", "/root/marker").stdout == "kept\n"
+    assert box_user.coopy("kill", name).returncode == 0
+    assert ls(box_user)[name]["state"] == "exited"
+
+
+def test_auto_restart_stops_a_crash_loop(box_user: BoxUser, name: str) -> None:
+    ws = box_user.workspace()
+    (ws / "coop.toml").write_text(
+        '[sandbox]\nagent = "sh -c \\"echo crash; exit 3\\""\n\n'
+        "[session]\nauto_restart = true\nrestart_delay_ms = 50\n")
+    assert box_user.coopy("-d", "-n", name, cwd=ws).returncode == 0
+    info = wait_state(box_user, name, "exited")
+    assert info["exit_status"] == 3
+    log = box_user.coopy("logs", name).stdout
+    assert log.count("crash") == 3
+    assert "exited 3 times within 5 s" in log and "not restarting" in log
