@@ -31,6 +31,9 @@ class BuildWithNative(build_py):
                     check=True,
                 )
         super().run()
+        # `coopy init` writes the commented example; it ships inside the package.
+        shutil.copy2(os.path.join(HERE, "coop.toml.example"),
+                     os.path.join(self.build_lib, "coopy", "coop.toml.example"))
         out = os.path.join(self.build_lib, "coopy", "libexec")
         os.makedirs(out, exist_ok=True)
         for name in HELPERS:

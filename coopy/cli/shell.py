@@ -12,6 +12,8 @@ examples:
   coopy shell --new        always a new one
   coopy shell -c 'make test'       run a command on a new PTY; exit with its status
   coopy shell ls [BOX]     the box's shells
+  coopy shell attach ID [BOX]
+  coopy shell logs ID [BOX]        what shell ID printed
   coopy shell kill ID [BOX]
 
 Shells are login shells in the workspace, started by the box's init: same namespaces,
@@ -22,7 +24,7 @@ ids, limits, capabilities and seccomp filter as the agent.  Ctrl+] detaches.
 def parser() -> Parser:
     """The argument parser of ``coopy shell``."""
     p = Parser("coopy shell", "A shell in a running box, beside its agent.", EPILOG)
-    p.add_argument("args", nargs="*", metavar="[BOX] | ls [BOX] | kill ID [BOX]")
+    p.add_argument("args", nargs="*", metavar="[BOX] | ls [BOX] | attach|logs|kill ID [BOX]")
     p.add_argument("--new", action="store_true", help="start a new shell")
     p.add_argument("-c", dest="command", metavar="CMD", help="run CMD in a new shell")
     p.add_argument("--detach-keys", default="ctrl-]", metavar="KEY")
@@ -41,6 +43,20 @@ def run(args: argparse.Namespace) -> int:
     from coopy.lifecycle import ask, find
 
     words = list(args.args)
+    if words and words[0] in ("attach", "logs"):
+        if len(words) < 2 or not words[1].isdigit():
+            raise ConfigError(f"coopy shell {words[0]}: which shell?",
+                              hint=f"coopy shell {words[0]} ID [BOX] (`coopy shell ls`)")
+        box_dir, record = find(default_box(words[2] if len(words) > 2 else None))
+        if words[0] == "logs":
+            import sys
+
+            for suffix in (".1", ".log"):  # the rotated part (if any), then the current
+                path = box_dir / f"shell-{words[1]}{suffix}"
+                if path.exists():
+                    sys.stdout.buffer.write(path.read_bytes())
+            return 0
+        return attach(record, parse_detach_key(args.detach_keys), pty=int(words[1]))
     if words and words[0] == "ls":
         _, record = find(default_box(words[1] if len(words) > 1 else None))
         shells = ask(record, "info").get("shells", []) if record.state == "running" else []

@@ -235,3 +235,44 @@ def test_auto_restart_stops_a_crash_loop(box_user: BoxUser, name: str) -> None:
     log = box_user.coopy("logs", name).stdout
     assert log.count("crash") == 3
     assert "exited 3 times within 5 s" in log and "not restarting" in log
+
+
+def test_shell_attach_and_logs_by_id(box_user: BoxUser, name: str) -> None:
+    ws = box_user.workspace()
+    assert box_user.coopy("-d", "-n", name, "--", "sleep", "1000", cwd=ws).returncode == 0
+    argv = box_user.argv(["shell", name, "--new"])
+    c = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(), timeout=TIMEOUT,
+                      encoding="utf-8")
+    try:
+        c.expect("# ")
+        c.sendline("echo by-id-$((5*5))")
+        c.expect("by-id-25")
+        c.send("\x1d")
+        c.expect(pexpect.EOF)
+    finally:
+        c.close(force=True)
+    (shell,) = json.loads(box_user.coopy("shell", "ls", name, "--json").stdout)
+    assert "by-id-25" in box_user.coopy("shell", "logs", str(shell["id"]), name).stdout
+    argv = box_user.argv(["shell", "attach", str(shell["id"]), name])
+    c = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(), timeout=TIMEOUT,
+                      encoding="utf-8")
+    try:
+        c.expect("by-id-25")
+        c.sendline("exit 5")
+        c.expect(pexpect.EOF)
+    finally:
+        c.close(force=True)
+    assert c.exitstatus == 5
+    assert box_user.coopy("kill", name).returncode == 0
+
+
+def test_init_writes_a_loadable_commented_config(box_user: BoxUser) -> None:
+    ws = box_user.workspace()
+    res = box_user.coopy("init", cwd=ws)
+    assert res.returncode == 0, res.stderr
+    text = (ws / "coop.toml").read_text()
+    assert "[sandbox]" in text and "# image" in text
+    again = box_user.coopy("init", cwd=ws)
+    assert again.returncode == 125 and "--force" in again.stderr
+    run = box_user.coopy("run", "--", "true", cwd=ws)  # the written file loads
+    assert run.returncode == 0, run.stderr
