@@ -121,8 +121,8 @@ def restart(name: str, command: list[str]) -> BoxRecord:
     return record
 
 
-def list_boxes() -> list[tuple[BoxRecord, int | None]]:
-    """Every box of this user with its attached-client count (None when not running)."""
+def list_boxes() -> list[tuple[BoxRecord, int | None, int | None]]:
+    """Every box of this user with its attached clients and shells (None: not running)."""
     out = []
     base = boxes_dir()
     for entry in sorted(os.listdir(base)):
@@ -131,12 +131,14 @@ def list_boxes() -> list[tuple[BoxRecord, int | None]]:
         if record is None:
             continue
         record = refresh(box_dir, record)
-        clients = None
+        clients = shells = None
         if record.state == "running":
             info = ask(record, "info")
             count = info.get("clients", 0) if info else 0
             clients = count if isinstance(count, int) else 0
-        out.append((record, clients))
+            listed = info.get("shells", []) if info else []
+            shells = len(listed) if isinstance(listed, list) else 0
+        out.append((record, clients, shells))
     return out
 
 

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from coopy.lifecycle import kill, list_boxes
 
     if args.all:
-        names = [r.name for r, _ in list_boxes() if r.state == "running"]
+        names = [r.name for r, _, _ in list_boxes() if r.state == "running"]
     else:
         names = [default_box(args.box)]
     for name in names:

@@ -30,12 +30,12 @@ def run(args: argparse.Namespace) -> int:
 
     now = time.time()
     rows: list[dict[str, object]] = []
-    for record, clients in list_boxes():
+    for record, clients, shells in list_boxes():
         running = record.state == "running"
         rows.append({
             "name": record.name, "workspace": record.workspace, "state": record.state,
             "uptime": round(now - record.started, 1) if running else None,
-            "clients": clients, "shells": 0 if running else None, "image": record.image,
+            "clients": clients, "shells": shells, "image": record.image,
             "gpus": [], "network": record.network,
             "pid": record.keeper_pid if running else None,
             "exit_status": record.exit_status,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -276,3 +277,109 @@ def test_init_writes_a_loadable_commented_config(box_user: BoxUser) -> None:
     assert again.returncode == 125 and "--force" in again.stderr
     run = box_user.coopy("run", "--", "true", cwd=ws)  # the written file loads
     assert run.returncode == 0, run.stderr
+
+
+def test_through_tmux_as_a_person_would(box_user: BoxUser, name: str) -> None:
+    ws = box_user.workspace()
+    session = f"coopy-{name}"
+    tmux = ["tmux", "-L", session]
+    cmd = " ".join(f"'{a}'" for a in box_user.argv(["-n", name, "--", "sh"]))
+    env = box_user.env()
+    env_args = [f"{k}={v}" for k, v in env.items()]
+    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "100", "-y", "30",
+                    "env", *env_args, "sh", "-c", f"cd {ws} && {cmd}; echo coopy-exit-$?; "
+                    "sleep 30"], check=True, env=env)
+
+    def screen() -> str:
+        return subprocess.run([*tmux, "capture-pane", "-p", "-t", session],
+                              capture_output=True, text=True).stdout
+
+    def wait_for(text: str) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while text not in screen():
+            assert time.monotonic() < deadline, screen()
+            time.sleep(0.05)
+
+    try:
+        wait_for("#")  # the box's prompt (capture-pane drops trailing blanks)
+        subprocess.run([*tmux, "send-keys", "-t", session, "stty size; echo typed-$((4*4))",
+                        "Enter"], check=True)
+        wait_for("typed-16")
+        assert "30 100" in screen() or "29 100" in screen()  # tmux's status line takes one
+        subprocess.run([*tmux, "send-keys", "-t", session, "C-]"], check=True)
+        wait_for(f"[detached from {name}")
+        wait_for("coopy-exit-0")
+        assert ls(box_user)[name]["state"] == "running"
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+    assert box_user.coopy("kill", name).returncode == 0
+
+
+def test_logs_follow_and_rotation(box_user: BoxUser, name: str) -> None:
+    ws = box_user.workspace()
+    (ws / "coop.toml").write_text('[session]\nlog_max = "64k"\n')
+    script = ("i=0; while [ $i -lt 3000 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxx; "
+              "i=$((i+1)); done; echo all-done; exec sleep 1000")
+    assert box_user.coopy("-d", "-n", name, "--", "sh", "-c", script, cwd=ws).returncode == 0
+    follow = subprocess.Popen(box_user.argv(["logs", "-f", name]), env=box_user.env(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        seen = ""
+        assert follow.stdout is not None
+        while "all-done" not in seen:
+            assert time.monotonic() < deadline
+            seen += follow.stdout.readline()
+    finally:
+        follow.kill()
+        follow.wait()
+    box = box_user.home / ".local/state/coopy/boxes" / name
+    assert (box / "log").stat().st_size <= 64 * 1024
+    assert (box / "log.1").exists()
+    assert box_user.coopy("kill", name).returncode == 0
+
+
+def test_terminal_restored_after_detach_and_after_the_box_ends(box_user: BoxUser,
+                                                               name: str) -> None:
+    ws = box_user.workspace()
+    shell = pexpect.spawn("/bin/sh", cwd=str(ws), env=box_user.env({"PS1": "$ "}),
+                          timeout=TIMEOUT, encoding="utf-8")
+    try:
+        shell.expect(r"\$ ")
+        shell.sendline("stty -g > before")
+        shell.expect(r"\$ ")
+        argv = " ".join(f"'{a}'" for a in box_user.argv(["-n", name, "--", "sh"]))
+        shell.sendline(argv)
+        shell.expect("# ")
+        shell.send("\x1d")
+        shell.expect(r"\$ ")
+        argv = " ".join(f"'{a}'" for a in box_user.argv(["attach", name]))
+        shell.sendline(f"{argv}; echo status=$?")
+        shell.expect("# ")
+        shell.sendline("exit 4")
+        shell.expect("status=4")
+        shell.expect(r"\$ ")
+        shell.sendline("stty -g > after; cmp before after && echo same-termios")
+        shell.expect("same-termios")
+    finally:
+        shell.close(force=True)
+
+
+def test_old_protocol_is_refused_with_the_fix(box_user: BoxUser, name: str) -> None:
+    ws = box_user.workspace()
+    assert box_user.coopy("-d", "-n", name, "--", "sleep", "1000", cwd=ws).returncode == 0
+    sock_path = ls(box_user)[name]
+    record = json.loads((box_user.home / ".local/state/coopy/boxes" / name / "box.json")
+                        .read_text())
+    del sock_path
+    import socket as sk
+
+    from coopy import proto
+
+    with sk.socket(sk.AF_UNIX) as s:
+        s.connect(record["socket"])
+        s.sendall(proto.encode_json(proto.T.HELLO, {"version": 0, "verb": "attach"}))
+        (frame,) = proto.Decoder().feed(s.recv(4096))
+    assert frame.type == proto.T.ERROR
+    assert b"restart the box" in frame.payload
+    assert box_user.coopy("kill", name).returncode == 0
