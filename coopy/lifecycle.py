@@ -91,7 +91,7 @@ def create(req: RunRequest, name: str, *, scrollback: int = SCROLLBACK,
                                 hint="give another name with -n")
     record = BoxRecord(name=name, workspace=str(req.workspace.resolve()),
                        command=tuple(req.command), image=req.image, network=req.net,
-                       state="creating", created=time.time())
+                       state="creating", created=time.time(), mounts=mount_specs(req))
     write_record(box_dir, record)
     sock = socket_path(name)
 
@@ -108,6 +108,12 @@ def create(req: RunRequest, name: str, *, scrollback: int = SCROLLBACK,
     created = read_record(box_dir)
     assert created is not None
     return created
+
+
+def mount_specs(req: RunRequest) -> tuple[str, ...]:
+    """The box's mounts as ``SRC:DST[:ro]`` strings (what a restart must not change)."""
+    return tuple(f"{m.source or m.volume}:{m.target}{':ro' if m.readonly else ''}"
+                 for m in req.mounts)
 
 
 def restart(name: str, command: list[str]) -> BoxRecord:

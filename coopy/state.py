@@ -136,6 +136,7 @@ class BoxRecord(NamedTuple):
     keeper_start: int = 0
     socket: str = ""
     exit_status: int | None = None
+    mounts: tuple[str, ...] = ()  # "SRC:DST[:ro]" as the box was made (restart compares)
 
     def can_attach(self) -> bool:
         """Only a running box has a terminal to attach to."""
@@ -156,6 +157,7 @@ def write_record(box_dir: Path, record: BoxRecord) -> None:
     tmp = box_dir / f".box.json.{os.getpid()}"
     data = record._asdict()
     data["command"] = list(record.command)
+    data["mounts"] = list(record.mounts)
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, box_dir / "box.json")
 
@@ -167,6 +169,7 @@ def read_record(box_dir: Path) -> BoxRecord | None:
     try:
         data = json.loads((box_dir / "box.json").read_text())
         data["command"] = tuple(data.get("command", ()))
+        data["mounts"] = tuple(data.get("mounts", ()))
         return BoxRecord(**{k: v for k, v in data.items() if k in BoxRecord._fields})
     except (OSError, ValueError, TypeError):
         return None

@@ -25,25 +25,36 @@ def parser() -> Parser:
 
 def run(args: argparse.Namespace) -> int:
     """Restart the agent."""
+    import os
     import shlex
     import sys
-    from pathlib import Path
 
+    from coopy.cli._args import Parser
     from coopy.cli.attach import default_box
-    from coopy.config import find_workspace, load_config
-    from coopy.lifecycle import find, restart
+    from coopy.cli.run import add_box_options, build_request
+    from coopy.lifecycle import find, mount_specs, restart
 
     name = default_box(args.box)
     _, record = find(name)
-    workspace, project = find_workspace(Path(record.workspace))
-    config = load_config(workspace, project)
+    # The config as `coopy` would read it in the box's workspace, now.
+    p = Parser("coopy", "", "")
+    add_box_options(p)
+    here = os.getcwd()
+    os.chdir(record.workspace)
+    try:
+        request, config = build_request(p.parse_args([]), [])
+    finally:
+        os.chdir(here)
     agent = config.sandbox.agent
     command = (shlex.split(agent) + list(config.sandbox.args)) if agent else list(
         record.command)
-    if config.network.mode not in (record.network, "private"):
-        sys.stderr.write(f"coopy: warning: coop.toml now asks for network {config.network.mode!r}"
-                         f"; box {name} keeps {record.network!r} until `coopy rm -f {name}` "
-                         "and a new box\n")
+    changed = [what for what, now, then in (
+        ("image", request.image, record.image), ("network", request.net, record.network),
+        ("mounts", mount_specs(request), record.mounts)) if now != then]
+    if changed:
+        sys.stderr.write(f"coopy: warning: coop.toml changed the box's {', '.join(changed)}: "
+                         f"that needs a new box (`coopy rm -f {name}` then `coopy`); "
+                         "restarting the agent only\n")
     restart(name, command)
     print(f"restarting the agent of {name}: {' '.join(command)}")
     return 0

@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
             sock.recv(64)
         return 0
     _, record = find(default_box(words[0] if words else None))
-    login = ["sh", "-l"]
+    # the image's bash as a login shell where it has one, else sh
+    login = ["sh", "-c", "command -v bash >/dev/null && exec bash -l || exec sh -l"]
     command = ["sh", "-lc", args.command] if args.command else None
     return attach(record, parse_detach_key(args.detach_keys), verb="shell",
                   new=bool(args.new or command), command=command, shell=login)

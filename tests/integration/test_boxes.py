@@ -181,14 +181,14 @@ def test_shells_beside_the_agent(box_user: BoxUser, name: str) -> None:
                       encoding="utf-8")
     try:
         c.expect("# ")
-        c.sendline("echo shell-$((3*3))")
+        c.sendline("echo shell-$((3*3)) $0")
         c.expect("shell-9")
         c.send("\x1d")
         c.expect(pexpect.EOF)
     finally:
         c.close(force=True)
     listed = json.loads(box_user.coopy("shell", "ls", name, "--json").stdout)
-    assert len(listed) == 1 and listed[0]["command"] == ["sh", "-l"]
+    assert len(listed) == 1 and "bash -l" in listed[0]["command"][-1]
     c = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(), timeout=TIMEOUT,
                       encoding="utf-8")
     try:
@@ -382,4 +382,29 @@ def test_old_protocol_is_refused_with_the_fix(box_user: BoxUser, name: str) -> N
         (frame,) = proto.Decoder().feed(s.recv(4096))
     assert frame.type == proto.T.ERROR
     assert b"restart the box" in frame.payload
+    assert box_user.coopy("kill", name).returncode == 0
+
+
+def test_box_survives_its_clients_terminal_dying(box_user: BoxUser, name: str) -> None:
+    ws = box_user.workspace()
+    argv = box_user.argv(["-n", name, "--", "sh"])
+    c = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(), timeout=TIMEOUT,
+                      encoding="utf-8")
+    c.expect("# ")
+    c.close(force=True)  # the terminal goes away: SIGHUP, then SIGKILL
+    time.sleep(0.3)
+    assert ls(box_user)[name]["state"] == "running"
+    assert box_user.coopy("exec", name, "--", "true").returncode == 0
+    assert box_user.coopy("kill", name).returncode == 0
+
+
+def test_restart_reports_what_needs_a_new_box(box_user: BoxUser, name: str) -> None:
+    ws, data = box_user.workspace(), box_user.workspace()
+    assert box_user.coopy("-d", "-n", name, "--", "sleep", "1000", cwd=ws).returncode == 0
+    (ws / "data").mkdir()
+    (ws / "coop.toml").write_text('[sandbox]\nmounts = ["./data:/data"]\n')
+    res = box_user.coopy("restart", name, cwd=ws)
+    assert res.returncode == 0, res.stderr
+    assert "changed the box's mounts" in res.stderr and f"coopy rm -f {name}" in res.stderr
+    del data
     assert box_user.coopy("kill", name).returncode == 0
