@@ -15,10 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from coopy.errors import ConfigError, CoopyError, HostError
+from coopy.errors import STATE_FS_HINT, ConfigError, CoopyError, HostError
 from coopy.facts import HostFacts
 from coopy.idmap import IdMap, build_idmap, build_workspace_idmap
-from coopy.mount import STATE_FS_HINT
 
 if TYPE_CHECKING:  # imported where used, at run time: start-up cost
     from coopy.ops import Op

@@ -19,26 +19,12 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple
 
 from coopy.errors import ConfigError
+from coopy.paths import find_workspace as find_workspace  # part of this API
 
-PROJECT_FILE: Final = "coop.toml"
+PROJECT_FILE: Final = "coop.toml"  # the same name paths.find_workspace looks for
 CLI_ORIGIN: Final = "<command line>"  # the "file" of keys set by flags, in origin
 
 Origin = tuple[str, int | None]
-
-
-def find_workspace(start: Path) -> tuple[Path, Path | None]:
-    """Return (workspace directory, its coop.toml) for ``start``, walking up like git.
-
-    The workspace is the nearest directory at or above ``start`` (real path) holding
-    a coop.toml; without one it is ``start`` itself and the file is None.
-    """
-    here = start.resolve()
-    for directory in (here, *here.parents):
-        candidate = directory / PROJECT_FILE
-        # os.path.isfile, not Path.is_file: an unreadable parent (EACCES) is a miss.
-        if os.path.isfile(candidate):
-            return directory, candidate
-    return here, None
 
 
 def user_config_path(environ: Mapping[str, str] = os.environ) -> Path:

@@ -9,6 +9,12 @@ unless ``--debug`` is given.  Context is added on the way up with ``raise X(...)
 
 from __future__ import annotations
 
+STATE_FS_HINT = (
+    "coopy's state directory must be on a local filesystem that can hold overlay upper "
+    "dirs (ext4, xfs, btrfs, tmpfs; not NFS, not overlayfs as in a container): set "
+    "COOPY_HOME to a directory on one"
+)
+
 
 class CoopyError(Exception):
     """Base of every error coopy reports to a user."""

@@ -10,6 +10,7 @@ The box's directory (its upper layer) stays until ``coopy rm``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -43,6 +44,7 @@ class _Client:
         self.command: list[str] = []  # what it asked to start (shell, exec)
         self.rows = 0
         self.cols = 0
+        self.writing = False  # registered for EVENT_WRITE too
 
 
 class _Pty:
@@ -54,13 +56,30 @@ class _Pty:
         self.master = master
         self.kind = kind
         self.command = command
-        self.scrollback = bytearray()
+        # A deque of chunks, trimmed by whole chunks: trimming a 256 KiB bytearray on
+        # every read would move it all each time (measured: the relay's main cost).
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.held = 0
         self.to_master = bytearray()
         self.status: int | None = None  # set when its process exited
         self.drained = False  # its master reported EOF/EIO
         self.log_path = log_path
         self.log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                               0o600)
+        self.log_size = os.fstat(self.log_fd).st_size
+        self.reading = True  # registered for EVENT_READ only (False: also EVENT_WRITE)
+
+    def keep(self, data: bytes, limit: int) -> None:
+        """Add output to the scrollback, dropping the oldest chunks beyond ``limit``."""
+        self.chunks.append(data)
+        self.held += len(data)
+        while self.held - len(self.chunks[0]) >= limit:
+            self.held -= len(self.chunks.popleft())
+
+    @property
+    def scrollback(self) -> bytes:
+        """The recent output, oldest first."""
+        return b"".join(self.chunks)
 
 
 class Keeper:
@@ -168,9 +187,7 @@ class Keeper:
             if pty.id != 0:
                 self._maybe_finish(pty)
             return
-        pty.scrollback += data
-        if len(pty.scrollback) > self.scrollback_max:
-            del pty.scrollback[: len(pty.scrollback) - self.scrollback_max]
+        pty.keep(data, self.scrollback_max)
         self._log(pty, data)
         frame = proto.encode(T.DATA, data)
         for client in list(self.clients.values()):
@@ -192,13 +209,14 @@ class Keeper:
 
     def _log(self, pty: _Pty, data: bytes) -> None:
         try:
-            if os.fstat(pty.log_fd).st_size + len(data) > self.log_max:
+            if pty.log_size + len(data) > self.log_max:
                 # Rotate: one previous log is kept, so a chatty agent cannot fill the disk.
                 os.replace(pty.log_path, pty.log_path.with_suffix(".1"))
                 os.close(pty.log_fd)
                 pty.log_fd = os.open(pty.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND
                                      | os.O_CLOEXEC, 0o600)
-            os.write(pty.log_fd, data)
+                pty.log_size = 0
+            pty.log_size += os.write(pty.log_fd, data)
         except OSError:
             pass  # a full disk must not take the box down; the terminal still works
 
@@ -292,7 +310,7 @@ class Keeper:
         """A line from coopy in the agent's terminal (and its scrollback and log)."""
         data = f"\r\n[coopy: {text}]\r\n".encode()
         agent = self.ptys[0]
-        agent.scrollback += data
+        agent.keep(data, self.scrollback_max)
         self._log(agent, data)
         for client in list(self.clients.values()):
             if client.pty == 0:
@@ -401,8 +419,8 @@ class Keeper:
                 return
             client.pty = target
             self._resize(pty, rows, cols)
-            if pty.scrollback:
-                self._send(client, proto.encode(T.DATA, bytes(pty.scrollback)))
+            for chunk in list(pty.chunks):  # each ≤ 64 KiB: within a frame's limit
+                self._send(client, proto.encode(T.DATA, chunk))
         elif verb == "info":
             self._send(client, proto.encode_json(T.INFO, self.info()))
         elif verb in ("shell", "exec"):
@@ -413,7 +431,8 @@ class Keeper:
                 if live:
                     client.pty = live[0].id
                     self._resize(live[0], rows, cols)
-                    self._send(client, proto.encode(T.DATA, bytes(live[0].scrollback)))
+                    for chunk in list(live[0].chunks):
+                        self._send(client, proto.encode(T.DATA, chunk))
                     return
             if not command:
                 shell = hello.get("shell")
@@ -472,9 +491,11 @@ class Keeper:
                 pty.to_master.clear()
                 break
             del pty.to_master[:n]
-        if pty.master in self.sel.get_map():
-            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if pty.to_master else 0)
+        reading = not pty.to_master
+        if reading != pty.reading and pty.master in self.sel.get_map():
+            want = selectors.EVENT_READ | (0 if reading else selectors.EVENT_WRITE)
             self.sel.modify(pty.master, want, ("pty", pty.id))
+            pty.reading = reading
 
     def _send(self, client: _Client, frame: bytes) -> None:
         if client.sock.fileno() < 0:
@@ -500,9 +521,11 @@ class Keeper:
                 client.out.clear()
                 break
             del client.out[:n]
-        if client.sock.fileno() in self.sel.get_map() and not final:
-            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.out else 0)
+        writing = bool(client.out)
+        if writing != client.writing and not final and client.sock.fileno() in self.sel.get_map():
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
             self.sel.modify(client.sock, want, ("client", 0))
+            client.writing = writing
 
     def _drop(self, client: _Client) -> None:
         fd = client.sock.fileno()

@@ -13,9 +13,9 @@ import socket
 import time
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coopy import proto
-from coopy.box import Prepared, RunRequest, box_hostname
 from coopy.errors import BoxStateError, CoopyError
 from coopy.paths import ensure_private_dir, runtime_dir
 from coopy.proto import T
@@ -31,6 +31,9 @@ from coopy.state import (
     write_record,
 )
 
+if TYPE_CHECKING:  # the box machinery is imported only by the verbs that create one
+    from coopy.box import Prepared, RunRequest
+
 SCROLLBACK = 256 << 10
 LOG_MAX = 10 << 20
 KILL_GRACE = 10.0
@@ -42,6 +45,8 @@ def box_name(workspace: Path) -> str:
     When another workspace already has that name, a short hash of this one's real path
     is appended, so two projects called ``app`` get ``app`` and ``app-3f2a1c``.
     """
+    from coopy.box import box_hostname
+
     real = str(workspace.resolve())
     base = box_hostname(workspace)
     record = read_record(boxes_dir() / base)

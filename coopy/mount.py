@@ -22,7 +22,7 @@ import os
 import stat
 
 from coopy import syscalls as sc
-from coopy.errors import SetupError
+from coopy.errors import STATE_FS_HINT, SetupError
 from coopy.ops import (
     Bind,
     DevNode,
@@ -44,11 +44,6 @@ from coopy.syscalls import MountAttr as MA
 from coopy.syscalls import MountFlag as MS
 from coopy.syscalls import Resolve
 
-STATE_FS_HINT = (
-    "coopy's state directory must be on a local filesystem that can hold overlay upper "
-    "dirs (ext4, xfs, btrfs, tmpfs; not NFS, not overlayfs as in a container): set "
-    "COOPY_HOME to a directory on one"
-)
 _IN_ROOT = Resolve.RESOLVE_IN_ROOT | Resolve.RESOLVE_NO_MAGICLINKS
 _CLONE = sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC
 _MOVE = sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from coopy.errors import HostError
 
+PROJECT_FILE = "coop.toml"
+
 
 def _home() -> Path:
     return Path(os.environ.get("HOME") or os.path.expanduser("~"))
@@ -79,3 +81,18 @@ def ensure_private_dir(path: Path, mode: int = 0o700) -> Path:
     if stat.S_IMODE(st.st_mode) != mode:
         os.chmod(path, mode)  # ours: box records and layers are nobody else's business
     return path
+
+
+def find_workspace(start: Path) -> tuple[Path, Path | None]:
+    """Return (workspace directory, its coop.toml) for ``start``, walking up like git.
+
+    The workspace is the nearest directory at or above ``start`` (real path) holding
+    a coop.toml; without one it is ``start`` itself and the file is None.
+    """
+    here = start.resolve()
+    for directory in (here, *here.parents):
+        candidate = directory / PROJECT_FILE
+        # os.path.isfile, not Path.is_file: an unreadable parent (EACCES) is a miss.
+        if os.path.isfile(candidate):
+            return directory, candidate
+    return here, None

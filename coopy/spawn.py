@@ -382,13 +382,13 @@ def _child_a(launch: Launch, sock: socket.socket, err_w: int, init_fd: int) -> N
     sock.send(b"B%d" % pid)
     sock.close()
     os.close(err_w)
-    os.close(init_fd)
     for fd in trees.trees.values():
         os.close(fd)
-    # A only waits; B's status is the box's.  Signals from the terminal go to P.
+    # A only waits; B's status is the box's.  Signals from the terminal go to P.  It
+    # becomes coopy-init in wait mode so that no Python interpreter (~13 MB) stays
+    # around for the box's life; PDEATHSIG and the ignored SIGINT survive the exec.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _, status = os.waitpid(pid, 0)
-    os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+    os.execve(init_fd, ["coopy-wait", "-W"], {})
 
 
 def _child_b(launch: Launch, sock: socket.socket, trees: Trees, init_fd: int) -> None:

@@ -15,6 +15,9 @@
  *             namespace, where (since 5.14) it counts the box's processes only.
  *     -m      RLIMIT_DATA in bytes: the per-process memory limit used where no cgroup
  *             can be had (RLIMIT_AS would count CUDA's and the JVM's reservations).
+ *     -W      wait mode, used by the process between the keeper and PID 1 (it exec's
+ *             this program so that it holds no Python interpreter while the box
+ *             lives): wait for the one child, exit with its status (128+N: signal N).
  *     -k      fd of a SOCK_SEQPACKET control socket to the keeper: it asks for more
  *             processes in the box (shells, `coopy exec`), started exactly like the
  *             command (same ids, limits, capabilities, filter).  Messages, fields
@@ -361,6 +364,19 @@ int main(int argc, char **argv)
 	unsigned long long keep_caps = 0;
 	const char *name = NULL;
 
+	if (argc == 2 && strcmp(argv[1], "-W") == 0) {
+		prctl(PR_SET_NAME, "coopy-wait", 0, 0, 0);
+		close_inherited();
+		for (;;) {
+			int status;
+			if (wait(&status) < 0) {
+				if (errno == EINTR)
+					continue;
+				_exit(125);
+			}
+			_exit(WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status));
+		}
+	}
 	while ((opt = getopt(argc, argv, "+u:g:tn:c:s:p:f:m:k:")) != -1) {
 		switch (opt) {
 		case 'u': g_uid = strtol(optarg, NULL, 10); break;

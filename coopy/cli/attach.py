@@ -31,8 +31,8 @@ def default_box(name: str | None) -> str:
         return name
     from pathlib import Path
 
-    from coopy.config import find_workspace
     from coopy.lifecycle import box_name
+    from coopy.paths import find_workspace
 
     workspace, _ = find_workspace(Path.cwd())
     return box_name(workspace)
