@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import NoReturn
 
 from coopy.errors import ConfigError
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter, told the width: otherwise every add_argument imports shutil
+    (bz2, lzma…: ~2 ms of every start) just to ask for the terminal's size."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            columns = os.get_terminal_size(1).columns
+        except OSError:
+            columns = 80
+        super().__init__(prog, width=max(columns - 2, 40))
 
 
 class Parser(argparse.ArgumentParser):
@@ -16,7 +29,7 @@ class Parser(argparse.ArgumentParser):
             prog=prog,
             description=description,
             epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=_Formatter,
         )
 
     def error(self, message: str) -> NoReturn:
