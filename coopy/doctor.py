@@ -50,7 +50,7 @@ def check_userns(facts: HostFacts) -> Check:
         return Check("user namespaces", "warn",
                      "kernel.apparmor_restrict_unprivileged_userns = 1: new user namespaces "
                      "get no capabilities without an AppArmor profile",
-                     "install the profile: sudo ./install.sh --apparmor")
+                     "re-run ./install.sh: it installs an AppArmor profile for coopy")
     return Check("user namespaces", "ok", f"up to {facts.max_user_namespaces}")
 
 

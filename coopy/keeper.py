@@ -298,7 +298,9 @@ class Keeper:
                 return
             self._note(f"the agent exited {count} times within {window:g} s (last status "
                        f"{status}): not restarting it")
-        self._ask_init(["Q", str(status)])
+        # Being killed, the other processes got SIGTERM too: let them finish (init ends
+        # the box when none is left; `coopy kill` sends SIGKILL after its grace period).
+        self._ask_init(["W" if self.stopping else "Q", str(status)])
 
     def _start_agent(self, command: list[str]) -> None:
         self.record = self.record._replace(command=tuple(command))
@@ -390,8 +392,11 @@ class Keeper:
                 if target:
                     self._ask_init(["K", str(target), str(sig)])
                 else:
-                    self.stopping = True  # `coopy kill`: no restart when the agent exits
-                    self.started.signal(sig)
+                    # `coopy kill`: every process of the box gets it, not only the agent
+                    # (init: kill(-1)); SIGKILL goes to init itself, which ends them all.
+                    self.stopping = True
+                    if sig == signal.SIGKILL or not self._ask_init(["K", "-1", str(sig)]):
+                        self.started.signal(sig)
                 self._send(client, proto.encode(T.OK))
             case T.DATA | T.RESIZE:
                 pass  # not attached (yet): an exec client's or a shell still starting

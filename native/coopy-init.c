@@ -24,7 +24,11 @@
  *             separated by NUL:
  *               keeper → init  "S" ID TTY(0|1) ARGV...   start; TTY=0 comes with 3 fds
  *                              "K" ID SIGNAL              signal a started process
+ *                                                         (ID -1: every process)
  *                              "Q" STATUS                 end the box with STATUS
+ *                              "W" STATUS                 the same once every other
+ *                                                         process has exited (`coopy
+ *                                                         kill`: their SIGTERM grace)
  *             With -k, COMMAND is process 0 and its exit does not end the box: init
  *             reports it ("X" 0 STATUS) and the keeper answers "Q" (end) or "S" 0 …
  *             (restart the agent).
@@ -224,6 +228,13 @@ fail:;
 
 #define MAX_STARTED 256
 static pid_t agent = -1; /* process 0: the box's command, the target of signals */
+static int ending = -1;  /* "W": the status to end with once no process is left */
+
+static void end_if_alone(void)
+{
+	if (ending >= 0 && waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD)
+		_exit(ending);
+}
 #define MAX_ARGS 256
 static struct { long id; pid_t pid; } started[MAX_STARTED];
 static char msg[65536];
@@ -294,11 +305,17 @@ static void handle_control(int ctl)
 	margv[argc] = NULL;
 	if (argc >= 2 && strcmp(margv[0], "Q") == 0) {
 		_exit((int)strtol(margv[1], NULL, 10));
+	} else if (argc >= 2 && strcmp(margv[0], "W") == 0) {
+		ending = (int)strtol(margv[1], NULL, 10);
+		end_if_alone();
 	} else if (argc >= 3 && strcmp(margv[0], "K") == 0) {
 		long id = strtol(margv[1], NULL, 10);
+		int sig = (int)strtol(margv[2], NULL, 10);
+		if (id == -1) /* every process of the box but init (kill(2): pid -1) */
+			kill(-1, sig);
 		for (int i = 0; i < MAX_STARTED; i++)
 			if (started[i].pid > 0 && started[i].id == id)
-				kill(started[i].pid, (int)strtol(margv[2], NULL, 10));
+				kill(started[i].pid, sig);
 	} else if (argc >= 4 && strcmp(margv[0], "S") == 0) {
 		long id = strtol(margv[1], NULL, 10);
 		int tty = margv[2][0] == '1', slave = -1, master = -1, report[2] = { 0, 0 };
@@ -493,5 +510,6 @@ int main(int argc, char **argv)
 			if (ctl >= 0)
 				report_exit(ctl, pid, status);
 		}
+		end_if_alone();
 	}
 }

@@ -19,7 +19,7 @@ examples:
   coopy run -- cat /etc/os-release
   echo hi | coopy run -- cat
   coopy run -w ~/proj -v ~/datasets:/data:ro -e HF_HOME=/data/hf -- python3 train.py
-  coopy run --user $USER -- id          a named non-root user (files still yours)
+  coopy run --user agent -- id          a named non-root user (files still yours)
   coopy run --dry-run -- true           print the mount plan, start nothing
 
 The workspace (-w, default: the directory of the nearest coop.toml, else the current
@@ -121,9 +121,13 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
     ]
     for spec in args.volume:
         m = parse_mount_spec(spec, base=cwd, home=home, where="-v")
-        mounts.append(MountRequest(m.source, m.volume, str(m.target), m.readonly))
+        mounts.append(MountRequest(m.source, m.volume, str(m.target_for(box_home)),
+                                   m.readonly))
 
-    env, _missing = expand_env(config.env, os.environ)
+    env, missing = expand_env(config.env, os.environ)
+    for name in missing:
+        sys.stderr.write(f"coopy: warning: [env] takes ${name} from this environment, "
+                         "where it is not set: left unset in the box\n")
     for item in args.env:
         key, sep, value = item.partition("=")
         if not key or not (key[0].isalpha() or key[0] == "_"):

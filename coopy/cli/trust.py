@@ -11,7 +11,7 @@ EPILOG = """\
 examples:
   coopy trust              approve ./coop.toml (or the nearest one above)
   coopy trust --revoke     forget the approval
-  coopy trust --json       what the file grants, for scripts
+  coopy trust --json       approve it, and print what it grants as JSON
 
 A project's coop.toml applies its settings at once, except those that widen the box
 beyond its workspace: mounts from outside it, the host's network or an allow list,
@@ -27,7 +27,8 @@ def parser() -> Parser:
     p.add_argument("-w", "--workspace", metavar="DIR", type=Path,
                    help="look for coop.toml from DIR (default: the current directory)")
     p.add_argument("--revoke", action="store_true", help="forget the approval")
-    p.add_argument("--json", action="store_true", help="print the grants as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="approve, and print the grants as JSON")
     return p
 
 

@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         if not agent and shell:
             command = [shell, "-l"]
         request = request._replace(command=command)
+    # checked before anything starts: a bad key must not leave a box behind
+    key = parse_detach_key(args.detach_keys or config.session.detach_keys)
     name = args.name or box_name(request.workspace)
     request = request._replace(hostname=args.hostname or name)
     session = config.session
@@ -61,5 +63,4 @@ def run(args: argparse.Namespace) -> int:
     if args.detach:
         print(f"box {record.name} is running (`coopy attach {record.name}`)")
         return 0
-    key = parse_detach_key(args.detach_keys or config.session.detach_keys)
     return attach(record, key)

@@ -408,3 +408,22 @@ def test_restart_reports_what_needs_a_new_box(box_user: BoxUser, name: str) -> N
     assert "changed the box's mounts" in res.stderr and f"coopy rm -f {name}" in res.stderr
     del data
     assert box_user.coopy("kill", name).returncode == 0
+
+
+def test_kill_sends_sigterm_to_every_process_of_the_box(box_user: BoxUser, name: str) -> None:
+    ws = box_user.workspace()
+    assert box_user.coopy("-d", "-n", name, "--", "sleep", "1000", cwd=ws).returncode == 0
+    script = ws / "trap.sh"
+    script.write_text("trap 'echo got-term > term-seen; exit 0' TERM\necho ready\n"
+                      "while :; do sleep 0.05; done\n")
+    proc = subprocess.Popen(box_user.argv(["exec", name, "--", "sh", str(script)]),
+                            cwd=ws, env=box_user.env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        assert box_user.coopy("kill", name).returncode == 0
+        proc.wait(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (ws / "term-seen").read_text() == "got-term\n"
