@@ -9,7 +9,6 @@ directory exists, every way out removes it.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ ENV_PASSTHROUGH = (
 ENV_PASSTHROUGH_PREFIXES = ("LC_",)
 BOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-_NAME_RE = re.compile(r"[^a-zA-Z0-9-]+")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 
 
 class MountRequest(NamedTuple):
@@ -75,7 +74,9 @@ class RunRequest(NamedTuple):
 
 def box_hostname(workspace: Path) -> str:
     """A valid hostname from the workspace's name (``My Project`` → ``my-project``)."""
-    name = _NAME_RE.sub("-", workspace.name).lower()[:63].strip("-")
+    # runs of other characters become one "-" (no `re`: its import is start-up time)
+    mapped = "".join(c if c in _NAME_CHARS else " " for c in workspace.name)
+    name = "-".join(mapped.split()).lower()[:63].strip("-")
     return name or "box"
 
 

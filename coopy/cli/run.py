@@ -83,7 +83,6 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
     from coopy.box import MountRequest, RunRequest
     from coopy.config import expand_env, find_workspace, load_config, parse_mount_spec, parse_size
     from coopy.errors import ConfigError
-    from coopy.trust import is_trusted, owned_acceptably, project_grants, without_grants
 
     cwd = Path.cwd()
     # -w names the workspace itself; its coop.toml, if any, is the one in it or above.
@@ -98,6 +97,8 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         cli["sandbox.user"] = args.user
     if args.net:
         cli["network.mode"] = args.net
+    if project is not None:
+        from coopy.trust import is_trusted, owned_acceptably, project_grants, without_grants
     if project is not None and not owned_acceptably(project):
         sys.stderr.write(f"coopy: warning: ignoring {project}: it belongs to another user\n")
         project = None
