@@ -54,8 +54,7 @@ def attach(record: BoxRecord, detach_key: int = DETACH_KEY, *, verb: str = "atta
     sock = connect(record)
     try:
         rows, cols = _size()
-        sock.sendall(proto.encode_json(T.HELLO, {"version": proto.VERSION, "verb": verb,
-                                                 "rows": rows, "cols": cols, **hello}))
+        sock.sendall(proto.hello(verb, rows=rows, cols=cols, **hello))
         with raw_mode(0), signal_pipe((signal.SIGWINCH,)) as sig_fd:
             return _loop(sock, sig_fd, detach_key, record.name)
     finally:
@@ -73,9 +72,7 @@ def exec_in(record: BoxRecord, command: list[str]) -> int:
     theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
     ours = {pipes[0][1]: None, pipes[1][0]: 1, pipes[2][0]: 2}
     try:
-        hello = proto.encode_json(T.HELLO, {"version": proto.VERSION, "verb": "exec",
-                                            "command": command})
-        socket.send_fds(sock, [hello], theirs)
+        socket.send_fds(sock, [proto.hello("exec", command=command)], theirs)
         for fd in theirs:
             os.close(fd)
         theirs = []

@@ -160,8 +160,7 @@ def ask(record: BoxRecord, verb: str, kill: int | None = None,
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(2)
             s.connect(record.socket)
-            s.sendall(proto.encode_json(T.HELLO, {"version": proto.VERSION, "verb": verb,
-                                                  **extra}))
+            s.sendall(proto.hello(verb, **extra))
             if kill is not None:
                 s.sendall(proto.encode_int(T.KILL, kill))
             decoder = proto.Decoder()

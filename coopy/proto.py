@@ -63,9 +63,9 @@ def encode_json(kind: T, value: Any) -> bytes:
     return encode(kind, json.dumps(value).encode())
 
 
-def hello(verb: str, rows: int = 0, cols: int = 0) -> bytes:
-    """The first frame a client sends."""
-    return encode_json(T.HELLO, {"version": VERSION, "verb": verb, "rows": rows, "cols": cols})
+def hello(verb: str, **fields: Any) -> bytes:
+    """The first frame a client sends: the protocol version, the verb, its fields."""
+    return encode_json(T.HELLO, {"version": VERSION, "verb": verb, **fields})
 
 
 def resize(rows: int, cols: int) -> bytes:

@@ -70,13 +70,7 @@ def run(args: argparse.Namespace) -> int:
         if len(words) < 2 or not words[1].isdigit():
             raise ConfigError("coopy shell kill: which shell?", hint="coopy shell kill ID [BOX]")
         _, record = find(default_box(words[2] if len(words) > 2 else None))
-        from coopy.client import connect
-        from coopy.proto import VERSION, T, encode_json
-
-        with connect(record) as sock:
-            sock.sendall(encode_json(T.HELLO, {"version": VERSION, "verb": "signal",
-                                               "id": int(words[1]), "signal": signal.SIGHUP}))
-            sock.recv(64)
+        ask(record, "signal", id=int(words[1]), signal=signal.SIGHUP)
         return 0
     _, record = find(default_box(words[0] if words else None))
     # the image's bash as a login shell where it has one, else sh

@@ -25,7 +25,7 @@ def test_round_trip(frame: bytes, kind: T, payload: bytes) -> None:
 
 
 def test_hello_carries_the_version() -> None:
-    (got,) = proto.Decoder().feed(proto.hello("attach", 24, 80))
+    (got,) = proto.Decoder().feed(proto.hello("attach", rows=24, cols=80))
     assert got.json() == {"version": proto.VERSION, "verb": "attach", "rows": 24, "cols": 80}
 
 
