@@ -9,6 +9,12 @@ from typing import NoReturn
 from coopy.errors import ConfigError
 
 
+def command_of(args: argparse.Namespace) -> list[str]:
+    """The command given after ``--`` (argparse keeps the ``--`` in a REMAINDER)."""
+    command = list(args.command)
+    return command[1:] if command and command[0] == "--" else command
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """argparse's formatter, told the width: otherwise every add_argument imports shutil
     (bz2, lzma…: ~2 ms of every start) just to ask for the terminal's size."""
@@ -31,6 +37,10 @@ class Parser(argparse.ArgumentParser):
             epilog=epilog,
             formatter_class=_Formatter,
         )
+
+    def add_command(self) -> None:
+        """The trailing ``-- COMMAND [ARG...]`` of run, exec and ``coopy``."""
+        self.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
 
     def error(self, message: str) -> NoReturn:
         raise ConfigError(message, hint=f"see `{self.prog} --help`")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from coopy.cli._args import Parser
+from coopy.cli._args import Parser, command_of
 
 EPILOG = """\
 examples:
@@ -19,7 +19,7 @@ def parser() -> Parser:
     """The argument parser of ``coopy exec``."""
     p = Parser("coopy exec", "Run a command in a running box, without a terminal.", EPILOG)
     p.add_argument("box", help="the box's name")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    p.add_command()
     return p
 
 
@@ -29,9 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from coopy.errors import ConfigError
     from coopy.lifecycle import find
 
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
+    command = command_of(args)
     if not command:
         raise ConfigError("no command given", hint="coopy exec BOX -- COMMAND [ARGS…]")
     _, record = find(args.box)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from coopy.cli._args import Parser
+from coopy.cli._args import Parser, command_of
 
 if TYPE_CHECKING:
     from coopy.box import RunRequest
@@ -44,7 +44,7 @@ def parser() -> Parser:
     p.add_argument("-T", "--no-tty", dest="tty", action="store_false",
                    help="plain pipes even when stdin is a terminal")
     p.add_argument("--dry-run", action="store_true", help="print the mount plan and exit")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    p.add_command()
     return p
 
 
@@ -71,9 +71,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the request from the config layers and the flags, then run the box."""
     from coopy.box import run as run_box
 
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
+    command = command_of(args)
     request, _ = build_request(args, command)
     return run_box(request)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from coopy.cli._args import Parser
+from coopy.cli._args import Parser, command_of
 from coopy.cli.run import add_box_options
 
 EPILOG = """\
@@ -29,7 +29,7 @@ def parser() -> Parser:
     p.add_argument("-n", "--name", help="the box's name (default: from the workspace)")
     p.add_argument("--detach-keys", default=None, metavar="KEY",
                    help="the key that detaches (default ctrl-])")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    p.add_command()
     return p
 
 
@@ -41,9 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from coopy.client import attach, parse_detach_key
     from coopy.lifecycle import box_name, create
 
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
+    command = command_of(args)
     request, config = build_request(args, command)
     if not command:
         agent = config.sandbox.agent
