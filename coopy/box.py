@@ -278,7 +278,8 @@ def _with_box(
     mounts, create_vols = _resolve_mounts(req, state_dir() / "volumes")
     hostname = req.hostname or box_hostname(workspace)
     root_box = facts.uid == 0 and idmap is not None
-    owner = (idmap.to_host_uid(0), idmap.to_host_gid(0)) if root_box and idmap else None
+    # Boxes of root: box root is the first id of root's one subordinate range.
+    owner = (idmap.uids[0].outside, idmap.gids[0].outside) if root_box and idmap else None
 
     def spec_for(box_dir: str, skel: str) -> BoxSpec:
         return BoxSpec(
@@ -312,7 +313,7 @@ def _with_box(
         ensure_private_dir(vol.parent)
         vol.mkdir(mode=0o755, exist_ok=True)
         if owner is not None:
-            os.chown(vol, *(x or 0 for x in owner))
+            os.chown(vol, *owner)
     warning = single_id_warning(facts, idmap) if idmap is not None else None
     if warning:
         warn_once("single-id", warning)
@@ -324,7 +325,7 @@ def _with_box(
         for sub in ("upper", "work", "root"):
             (rundir.path / sub).mkdir(mode=0o755, exist_ok=True)
             if owner is not None:
-                os.chown(rundir.path / sub, *(x or 0 for x in owner))
+                os.chown(rundir.path / sub, *owner)
         if owner is not None:
             os.chmod(rundir.path, 0o711)  # box root (a subordinate id) needs to pass
         from coopy.state import remove_tree
@@ -333,7 +334,7 @@ def _with_box(
         try:
             skel, _ = create_host_layers(
                 rundir.path, facts, hostname=hostname, net=req.net, user=user,
-                owner=(owner[0] or 0, owner[1] or 0) if owner is not None else None,
+                owner=owner, host_passwd=host_passwd,
             )
         except OSError as exc:
             raise HostError(

@@ -283,17 +283,18 @@ def create_host_layers(
     net: str,
     user: BoxUser,
     owner: tuple[int, int] | None,
+    host_passwd: str,
 ) -> tuple[Path, Path]:
     """Write the generated /etc layer of a box, find its skeleton; return both paths.
 
     ``owner`` is the host uid/gid that box root is when it differs from the caller
-    (boxes of root): the layers are given to it so box root owns its / and /root.  The
+    (boxes of root): the layers are given to it so box root owns its / and /root.
+    ``host_passwd`` is the host's /etc/passwd as the caller already read it.  The
     skeleton is shared by the boxes next to this one (see :func:`ensure_skeleton`).
     """
     skel = ensure_skeleton(box_dir.parent, facts, user, owner)
     etc = box_dir / "etc"
     etc.mkdir()
-    host_passwd = _read_text("/etc/passwd")
     users = [box_user(facts, None, host_passwd), user]
     if facts.uid != 0 and user.name != facts.user:
         users.append(BoxUser(facts.user, facts.uid, facts.gid, f"/home/{facts.user}", user.shell))
