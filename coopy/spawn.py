@@ -268,32 +268,49 @@ def _write_proc(pid: int, name: str, text: str) -> None:
         os.close(fd)
 
 
-def make_userns(idmap: IdMap) -> int:
-    """A user namespace with ``idmap`` and no process in it, for id-mapped mounts (root)."""
+def _mapped_child(idmap: IdMap, newuidmap: str | None, newgidmap: str | None,
+                  in_child: Callable[[], None], in_parent: Callable[[int], None]) -> int:
+    """Fork a child into a new user namespace with ``idmap``; return its exit status.
+
+    The parent writes the maps, then runs ``in_parent(pid)`` (the namespace exists and
+    is mapped), then lets the child go on to ``in_child()``.
+    """
     rd, wr = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
+        code = 1
         try:
             os.close(wr)
             sc.unshare(CL.CLONE_NEWUSER)
-            os.read(rd, 1)  # the parent has the fd, we may go
+            os.read(rd, 1)  # the maps are written
+            in_child()
+            code = 0
         finally:
-            os._exit(0)
+            os._exit(code)
     os.close(rd)
     try:
         # The child may not have unshared yet: wait until its user ns differs from ours.
         ours = os.stat("/proc/self/ns/user").st_ino
-        for _ in range(10000):
+        for _ in range(100000):
             if os.stat(f"/proc/{pid}/ns/user").st_ino != ours:
                 break
             os.sched_yield()
-        _write_proc(pid, "uid_map", "".join(r.line() + "\n" for r in idmap.uids))
-        _write_proc(pid, "setgroups", "deny")
-        _write_proc(pid, "gid_map", "".join(r.line() + "\n" for r in idmap.gids))
-        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        write_maps(pid, idmap, newuidmap, newgidmap)
+        in_parent(pid)
     finally:
+        os.write(wr, b"x")
         os.close(wr)
-        os.waitpid(pid, 0)
+        _, status = os.waitpid(pid, 0)
+    return status
+
+
+def make_userns(idmap: IdMap) -> int:
+    """A user namespace with ``idmap`` and no process in it, for id-mapped mounts (root)."""
+    fds: list[int] = []
+    _mapped_child(idmap, None, None, lambda: None,
+                  lambda pid: fds.append(os.open(f"/proc/{pid}/ns/user",
+                                                 os.O_RDONLY | os.O_CLOEXEC)))
+    return fds[0]
 
 
 def run_in_userns(idmap: IdMap, fn: Callable[[], None], newuidmap: str | None,
@@ -303,32 +320,13 @@ def run_in_userns(idmap: IdMap, fn: Callable[[], None], newuidmap: str | None,
     Used to remove files a rootless box left owned by subordinate ids: the caller cannot
     delete them on the host, box root (with the same map) can.
     """
-    rd, wr = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(wr)
-            sc.unshare(CL.CLONE_NEWUSER)
-            os.read(rd, 1)
-            os.read(rd, 1)
-            os.setresgid(0, 0, 0)
-            os.setresuid(0, 0, 0)
-            fn()
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(rd)
-    try:
-        ours = os.stat("/proc/self/ns/user").st_ino
-        os.write(wr, b"x")
-        while os.stat(f"/proc/{pid}/ns/user").st_ino == ours:
-            os.sched_yield()
-        write_maps(pid, idmap, newuidmap, newgidmap)
-        os.write(wr, b"x")
-    finally:
-        os.close(wr)
-        _, status = os.waitpid(pid, 0)
+
+    def as_root() -> None:
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+        fn()
+
+    status = _mapped_child(idmap, newuidmap, newgidmap, as_root, lambda pid: None)
     if status != 0:
         raise OSError(f"removing files from inside a user namespace failed ({status})")
 
