@@ -17,7 +17,6 @@ Nothing else in coopy calls mount(2).  Rules it keeps (docs/design.md, "Mounts")
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 
@@ -320,8 +319,3 @@ def apply_plan(ops: tuple[Op, ...], trees: Trees, *, userxattr: bool, attach_at:
         applier.apply(op)
     if applier.root >= 0:
         os.close(applier.root)
-
-
-def errno_name(err: int) -> str:
-    """``EACCES`` for 13: kernel names read better in a one-line error."""
-    return errno.errorcode.get(err, str(err))

@@ -15,8 +15,6 @@ _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 
-NET_MODES = ("none", "host")
-
 
 def bring_up_loopback() -> None:
     """Set IFF_UP on ``lo`` in the calling process's network namespace."""

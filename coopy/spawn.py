@@ -70,7 +70,6 @@ class Launch(NamedTuple):
     stdio: tuple[int, int, int] = (0, 1, 2)
     newuidmap: str | None = None
     newgidmap: str | None = None
-    before_exec: Callable[[], None] | None = None
     seccomp: bytes | None = None  # the BPF program coopy-init installs (coopy/seccomp.py)
     caps: int | None = None  # capabilities kept in the bounding set (coopy/caps.py)
     nproc: int | None = None  # RLIMIT_NPROC, set inside the box's user namespace
@@ -120,15 +119,14 @@ def start(launch: Launch) -> Started:
             os.fchdir(cwd)
             os.close(cwd)
     if pid == 0:  # ------------------------------------------------------------- A
-        code = 125
         try:
             ours.close()
             os.close(err_r)
-            _child_a(launch, theirs, err_w, init_fd)
+            _child_a(launch, theirs, err_w, init_fd)  # exec's coopy-init -W on success
         except BaseException as exc:  # noqa: BLE001 - reported, then the child exits
             _report(err_w, exc)
         finally:
-            os._exit(code)
+            os._exit(125)
     # ------------------------------------------------------------------------------- P
     theirs.close()
     os.close(err_w)
@@ -414,8 +412,6 @@ def _child_b(launch: Launch, sock: socket.socket, trees: Trees, init_fd: int) ->
         stdio = launch.stdio
     for target, fd in enumerate(stdio):
         os.dup2(fd, target, inheritable=True)
-    if launch.before_exec is not None:
-        launch.before_exec()
     filter_fd = None
     if launch.seccomp:
         # A pipe holds the program (a few KiB, well under the pipe buffer); init reads

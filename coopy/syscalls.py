@@ -23,7 +23,6 @@ _SYS_MOVE_MOUNT = 429
 _SYS_PIDFD_SEND_SIGNAL = 424
 _SYS_OPENAT2 = 437
 _SYS_MOUNT_SETATTR = 442
-_SYS_CLOSE_RANGE = 436
 _SYS_FSOPEN = 430
 _SYS_FSCONFIG = 431
 _SYS_FSMOUNT = 432
@@ -94,12 +93,8 @@ FSMOUNT_CLOEXEC = 0x1
 FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_STRING = 1
 FSCONFIG_CMD_CREATE = 6
-CLOSE_RANGE_CLOEXEC = 1 << 2
 
 PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-PR_SET_NO_NEW_PRIVS = 38
-PR_CAPBSET_READ = 23
 
 
 class _MountAttrStruct(ctypes.Structure):
@@ -258,14 +253,6 @@ def pidfd_send_signal(pidfd: int, sig: int) -> None:
         _syscall(_SYS_PIDFD_SEND_SIGNAL, ctypes.c_int(pidfd), ctypes.c_int(sig), None,
                  ctypes.c_uint(0)),
         f"pidfd_send_signal({pidfd}, {sig})",
-    )
-
-
-def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
-    """close_range(2) (5.9+)."""
-    _check(
-        _syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags)),
-        f"close_range({first}, {last})",
     )
 
 
