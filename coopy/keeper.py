@@ -1,7 +1,8 @@
 """The keeper: one small detached process per persistent box, no central daemon.
 
-It starts the box (it is the parent of the box's processes, so a keeper killed with
-SIGKILL takes its box with it: PDEATHSIG), holds the PTY master, a scrollback ring and
+The keeper process (started by :func:`coopy.lifecycle.launch_keeper`) is the parent of
+the box's processes, so a keeper killed with SIGKILL takes its box with it (PDEATHSIG).
+This module is what it runs: it holds the PTY masters, a scrollback ring and
 the log, and serves clients on a 0600 unix socket in the per-user runtime directory
 (see :mod:`coopy.proto`).  Single-threaded: one selectors loop.  When the box's command
 exits it records the status, tells attached clients, removes its socket and exits.
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from coopy import proto
 from coopy.proto import T
-from coopy.spawn import Launch, Started, start
+from coopy.spawn import Started
 from coopy.state import BoxRecord, write_record
 
 CLIENT_BUFFER_MAX = 8 << 20  # a client this far behind is dropped, not the box stalled
@@ -543,92 +544,3 @@ class Keeper:
             os.close(f)
         client.fds = []
         client.sock.close()
-
-
-def launch_keeper(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Path,
-                  scrollback: int, log_max: int, auto_restart: bool = False,
-                  restart_delay: float = 1.0) -> int:
-    """Start a detached keeper for ``launch``; return its pid once the box runs.
-
-    Double fork: the keeper is reparented to init (or the nearest subreaper) and lives in
-    a session of its own, detached from the caller's terminal.  The caller learns of
-    success or failure through a pipe: ``ok <pid>`` or the error as the keeper saw it.
-    """
-    from coopy.errors import CoopyError, SetupError
-
-    rd, wr = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # ------------------------------------------------- intermediate
-        code = 0
-        try:
-            os.close(rd)
-            os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
-            _keeper_main(launch, record, box_dir, sock_path, scrollback, log_max, wr,
-                         auto_restart, restart_delay)
-        except BaseException as exc:  # noqa: BLE001 - told to the caller, then exit
-            message = exc.message if isinstance(exc, CoopyError) else str(exc)
-            with contextlib.suppress(OSError):
-                os.write(wr, f"error {message}\n".encode())
-            code = 125
-        finally:
-            os._exit(code)
-    os.close(wr)
-    os.waitpid(pid, 0)
-    # One line; not "until EOF": the box's processes, forked by the keeper before it
-    # answers, hold copies of the pipe for as long as the box runs.
-    chunks = []
-    while (chunk := os.read(rd, 4096)) and not chunk.endswith(b"\n"):
-        chunks.append(chunk)
-    chunks.append(chunk)
-    os.close(rd)
-    reply = b"".join(chunks).decode(errors="replace").strip()
-    if reply.startswith("ok "):
-        return int(reply[3:])
-    raise SetupError(reply[6:] if reply.startswith("error ") else
-                     "the keeper died while starting the box",
-                     hint=f"see {box_dir / 'keeper.log'}")
-
-
-def _keeper_main(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Path,
-                 scrollback: int, log_max: int, ready_fd: int, auto_restart: bool,
-                 restart_delay: float) -> None:
-    # Nothing of the caller's terminal: stdio to /dev/null, errors to keeper.log.
-    null = os.open("/dev/null", os.O_RDWR)
-    log = os.open(box_dir / "keeper.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
-    os.dup2(log, 2)
-    os.close(null)
-    os.close(log)
-    # Nothing else of the caller's either (its creation lock, its terminal's fds).
-    os.closerange(3, ready_fd)
-    os.closerange(ready_fd + 1, 65536)
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_IGN)
-    with contextlib.suppress(FileNotFoundError):
-        sock_path.unlink()  # a stale socket of this box (its keeper was killed)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        listener.bind(str(sock_path))
-    finally:
-        os.umask(old)
-    listener.listen(16)
-    started = start(launch._replace(tty=True, control=True))
-    from coopy.state import proc_start_time
-
-    record = record._replace(state="running", keeper_pid=os.getpid(),
-                             keeper_start=proc_start_time(os.getpid()),
-                             started=time.time(), socket=str(sock_path))
-    write_record(box_dir, record)
-    os.write(ready_fd, f"ok {os.getpid()}\n".encode())
-    os.close(ready_fd)
-    try:
-        Keeper(started, listener, record, box_dir, scrollback, log_max, auto_restart,
-               restart_delay).run()
-    finally:
-        listener.close()
-        with contextlib.suppress(FileNotFoundError):
-            sock_path.unlink()

@@ -1,4 +1,4 @@
-"""Persistent boxes: create (with a keeper), list, kill, remove; names and places.
+"""Persistent boxes: create (starting a keeper process), list, kill, remove; names.
 
 A box lives in ``<state>/boxes/<name>/`` (its record ``box.json``, upper layer, log)
 and, while it runs, has a keeper listening on ``<runtime>/<name>.sock``.  There is no
@@ -7,6 +7,7 @@ daemon: ``ls`` reads the records and checks each keeper by pid *and* start time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -33,6 +34,7 @@ from coopy.state import (
 
 if TYPE_CHECKING:  # the box machinery is imported only by the verbs that create one
     from coopy.box import Prepared, RunRequest
+    from coopy.spawn import Launch
 
 SCROLLBACK = 256 << 10
 LOG_MAX = 10 << 20
@@ -78,7 +80,6 @@ def create(req: RunRequest, name: str, *, scrollback: int = SCROLLBACK,
     with one box: the second waits, then finds it running.
     """
     from coopy.box import _with_box, build_launch
-    from coopy.keeper import launch_keeper
 
     box_dir = boxes_dir() / name
     box_dir.mkdir(mode=0o700, exist_ok=True)
@@ -240,3 +241,97 @@ def _remover() -> object:
         return None
     idmap = plan_ids(facts, 0, 0, "auto")
     return _userns_remover(idmap, facts) if idmap is not None else None
+
+
+# ---- the keeper's process ------------------------------------------------------------
+
+
+def launch_keeper(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Path,
+                  scrollback: int, log_max: int, auto_restart: bool = False,
+                  restart_delay: float = 1.0) -> int:
+    """Start a detached keeper for ``launch``; return its pid once the box runs.
+
+    Double fork: the keeper is reparented to init (or the nearest subreaper) and lives in
+    a session of its own, detached from the caller's terminal.  The caller learns of
+    success or failure through a pipe: ``ok <pid>`` or the error as the keeper saw it.
+    """
+    from coopy.errors import CoopyError, SetupError
+
+    rd, wr = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # ------------------------------------------------- intermediate
+        code = 0
+        try:
+            os.close(rd)
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            _keeper_main(launch, record, box_dir, sock_path, scrollback, log_max, wr,
+                         auto_restart, restart_delay)
+        except BaseException as exc:  # noqa: BLE001 - told to the caller, then exit
+            message = exc.message if isinstance(exc, CoopyError) else str(exc)
+            with contextlib.suppress(OSError):
+                os.write(wr, f"error {message}\n".encode())
+            code = 125
+        finally:
+            os._exit(code)
+    os.close(wr)
+    os.waitpid(pid, 0)
+    # One line; not "until EOF": the box's processes, forked by the keeper before it
+    # answers, hold copies of the pipe for as long as the box runs.
+    chunks = []
+    while (chunk := os.read(rd, 4096)) and not chunk.endswith(b"\n"):
+        chunks.append(chunk)
+    chunks.append(chunk)
+    os.close(rd)
+    reply = b"".join(chunks).decode(errors="replace").strip()
+    if reply.startswith("ok "):
+        return int(reply[3:])
+    raise SetupError(reply[6:] if reply.startswith("error ") else
+                     "the keeper died while starting the box",
+                     hint=f"see {box_dir / 'keeper.log'}")
+
+
+def _keeper_main(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Path,
+                 scrollback: int, log_max: int, ready_fd: int, auto_restart: bool,
+                 restart_delay: float) -> None:
+    # Nothing of the caller's terminal: stdio to /dev/null, errors to keeper.log.
+    null = os.open("/dev/null", os.O_RDWR)
+    log = os.open(box_dir / "keeper.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(log, 2)
+    os.close(null)
+    os.close(log)
+    # Nothing else of the caller's either (its creation lock, its terminal's fds).
+    os.closerange(3, ready_fd)
+    os.closerange(ready_fd + 1, 65536)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(FileNotFoundError):
+        sock_path.unlink()  # a stale socket of this box (its keeper was killed)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        listener.bind(str(sock_path))
+    finally:
+        os.umask(old)
+    listener.listen(16)
+    from coopy.keeper import Keeper
+    from coopy.spawn import start
+    from coopy.state import proc_start_time
+
+    started = start(launch._replace(tty=True, control=True))
+    record = record._replace(state="running", keeper_pid=os.getpid(),
+                             keeper_start=proc_start_time(os.getpid()),
+                             started=time.time(), socket=str(sock_path))
+    write_record(box_dir, record)
+    os.write(ready_fd, f"ok {os.getpid()}\n".encode())
+    os.close(ready_fd)
+    try:
+        Keeper(started, listener, record, box_dir, scrollback, log_max, auto_restart,
+               restart_delay).run()
+    finally:
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            sock_path.unlink()
