@@ -82,13 +82,11 @@ static void die(const char *what)
 	_exit(125);
 }
 
-static void close_inherited(void)
+/* Close fds from..to; close_range(2) is 5.9+, coopy needs 5.12 (mount_setattr). */
+static void close_fds(unsigned from, unsigned to)
 {
-	/* close_range(2) is 5.9+; fall back to a loop over the usual limit. */
-	if (syscall(SYS_close_range, 3U, ~0U, 0U) == 0)
-		return;
-	for (int fd = 3; fd < 65536; fd++)
-		close(fd);
+	if (from <= to)
+		syscall(SYS_close_range, from, to, 0U);
 }
 
 #define MAX_FILTER 4096 /* BPF_MAXINSNS */
@@ -104,17 +102,12 @@ static const char *const stage_names[] = {
 static size_t read_filter(int fd)
 {
 	size_t got = 0;
-	for (;;) {
-		ssize_t n = read(fd, (char *)filter + got, sizeof filter - got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
+	ssize_t n = 1;
+	while (n != 0 && got < sizeof filter) {
+		n = read(fd, (char *)filter + got, sizeof filter - got);
+		if (n < 0 && errno != EINTR)
 			die("reading the seccomp filter");
-		if (n == 0)
-			break;
-		got += (size_t)n;
-		if (got == sizeof filter)
-			break;
+		got += n > 0 ? (size_t)n : 0;
 	}
 	close(fd);
 	if (got == 0 || got % sizeof filter[0]) {
@@ -126,6 +119,8 @@ static size_t read_filter(int fd)
 
 static void set_limit(int resource, long value, const char *what)
 {
+	if (value < 0) /* not asked for */
+		return;
 	struct rlimit rl = { (rlim_t)value, (rlim_t)value };
 	if (setrlimit(resource, &rl) < 0)
 		die(what);
@@ -303,10 +298,10 @@ static void handle_control(int ctl)
 	for (char *p = msg; p < msg + n && argc < MAX_ARGS; p += strlen(p) + 1)
 		margv[argc++] = p;
 	margv[argc] = NULL;
-	if (argc >= 2 && strcmp(margv[0], "Q") == 0) {
-		_exit((int)strtol(margv[1], NULL, 10));
-	} else if (argc >= 2 && strcmp(margv[0], "W") == 0) {
+	if (argc >= 2 && (strcmp(margv[0], "Q") == 0 || strcmp(margv[0], "W") == 0)) {
 		ending = (int)strtol(margv[1], NULL, 10);
+		if (margv[0][0] == 'Q')
+			_exit(ending);
 		end_if_alone();
 	} else if (argc >= 3 && strcmp(margv[0], "K") == 0) {
 		long id = strtol(margv[1], NULL, 10);
@@ -318,30 +313,23 @@ static void handle_control(int ctl)
 				kill(started[i].pid, sig);
 	} else if (argc >= 4 && strcmp(margv[0], "S") == 0) {
 		long id = strtol(margv[1], NULL, 10);
-		int tty = margv[2][0] == '1', slave = -1, master = -1, report[2] = { 0, 0 };
-		int slot = -1;
+		int tty = margv[2][0] == '1', slave = -1, master = -1, slot = -1;
+		int report[2] = { ST_EXEC, EINVAL }; /* without a PTY, 3 fds must come along */
 		for (int i = 0; i < MAX_STARTED && slot < 0; i++)
 			if (started[i].pid <= 0)
 				slot = i;
 		pid_t pid = -1;
 		if (slot < 0) {
-			report[0] = ST_EXEC;
 			report[1] = EAGAIN;
+		} else if (tty && (master = open_pty(&slave)) < 0) {
+			report[0] = ST_TTY;
+			report[1] = errno;
 		} else if (tty) {
-			master = open_pty(&slave);
-			if (master < 0) {
-				report[0] = ST_TTY;
-				report[1] = errno;
-			} else {
-				int sfds[3] = { slave, slave, slave };
-				pid = start_process(margv + 3, 1, sfds, report);
-				close(slave);
-			}
+			int sfds[3] = { slave, slave, slave };
+			pid = start_process(margv + 3, 1, sfds, report);
+			close(slave);
 		} else if (nfds == 3) {
 			pid = start_process(margv + 3, 0, fds, report);
-		} else {
-			report[0] = ST_EXEC;
-			report[1] = EINVAL;
 		}
 		if (pid > 0) {
 			started[slot].id = id;
@@ -361,14 +349,19 @@ static void handle_control(int ctl)
 		close(fds[i]);
 }
 
+/* A wait status as a shell reports it: the exit code, or 128+N for signal N. */
+static int shell_status(int status)
+{
+	return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+}
+
 static void report_exit(int ctl, pid_t pid, int status)
 {
 	for (int i = 0; i < MAX_STARTED; i++) {
 		if (started[i].pid != pid)
 			continue;
 		char code[16];
-		snprintf(code, sizeof code, "%d",
-			 WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status));
+		snprintf(code, sizeof code, "%d", shell_status(status));
 		send_fields(ctl, -1, "X", started[i].id, code, NULL);
 		started[i].pid = 0;
 	}
@@ -383,7 +376,7 @@ int main(int argc, char **argv)
 
 	if (argc == 2 && strcmp(argv[1], "-W") == 0) {
 		prctl(PR_SET_NAME, "coopy-wait", 0, 0, 0);
-		close_inherited();
+		close_fds(3, ~0U);
 		for (;;) {
 			int status;
 			if (wait(&status) < 0) {
@@ -391,7 +384,7 @@ int main(int argc, char **argv)
 					continue;
 				_exit(125);
 			}
-			_exit(WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status));
+			_exit(shell_status(status));
 		}
 	}
 	while ((opt = getopt(argc, argv, "+u:g:tn:c:s:p:f:m:k:")) != -1) {
@@ -417,8 +410,6 @@ int main(int argc, char **argv)
 		return 125;
 	}
 	char **cmd = argv + optind;
-	if (!name)
-		name = cmd[0];
 
 	/* Exec'd from a memfd, the kernel named us after the fd ("3"); `ps` should say. */
 	prctl(PR_SET_NAME, "coopy-init", 0, 0, 0);
@@ -430,18 +421,14 @@ int main(int argc, char **argv)
 	if (ctl >= 0) {
 		if (ctl < 3 || fcntl(ctl, F_SETFD, FD_CLOEXEC) < 0)
 			die("control socket");
-		if (ctl > 3)
-			syscall(SYS_close_range, 3U, (unsigned)ctl - 1, 0U);
-		syscall(SYS_close_range, (unsigned)ctl + 1, ~0U, 0U);
+		close_fds(3, (unsigned)ctl - 1);
+		close_fds((unsigned)ctl + 1, ~0U);
 	} else {
-		close_inherited();
+		close_fds(3, ~0U);
 	}
-	if (nproc >= 0)
-		set_limit(RLIMIT_NPROC, nproc, "setting the process limit");
-	if (nofile >= 0)
-		set_limit(RLIMIT_NOFILE, nofile, "setting the open files limit");
-	if (data >= 0)
-		set_limit(RLIMIT_DATA, data, "setting the memory limit");
+	set_limit(RLIMIT_NPROC, nproc, "setting the process limit");
+	set_limit(RLIMIT_NOFILE, nofile, "setting the open files limit");
+	set_limit(RLIMIT_DATA, data, "setting the memory limit");
 	if (have_caps)
 		drop_bounding_set(keep_caps);
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
@@ -468,7 +455,7 @@ int main(int argc, char **argv)
 	}
 	if (child < 0) {
 		if (report[0] == ST_EXEC)
-			report_exec_failure(name, report[1]);
+			report_exec_failure(name ? name : cmd[0], report[1]);
 		dprintf(2, "coopy: box init: %s: %s\n", stage_names[report[0]],
 			strerror(report[1]));
 		_exit(125);
@@ -503,9 +490,7 @@ int main(int argc, char **argv)
 				agent = -1;
 			if (pid == child && (ctl < 0 || pfd[1].fd < 0)) {
 				/* without a keeper to ask, the box ends with its command */
-				if (WIFSIGNALED(status))
-					_exit(128 + WTERMSIG(status));
-				_exit(WEXITSTATUS(status));
+				_exit(shell_status(status));
 			}
 			if (ctl >= 0)
 				report_exit(ctl, pid, status);
