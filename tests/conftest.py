@@ -145,6 +145,16 @@ class BoxUser:
         assert res.returncode == 0, f"probe failed ({res.returncode}): {res.stderr}"
         return json.loads(res.stdout)
 
+    def user_config(self, text: str) -> dict[str, str]:
+        """A config.toml of this user's own (not a project's) holding ``text``; returns
+        the environment that points coopy at it."""
+        xdg = self.workspace()
+        (xdg / "coopy").mkdir()
+        (xdg / "coopy" / "config.toml").write_text(text)
+        for path in (xdg / "coopy", xdg / "coopy" / "config.toml"):
+            os.chown(path, self.uid, self.pw.pw_gid)
+        return {"XDG_CONFIG_HOME": str(xdg)}
+
     def state_runs(self) -> list[str]:
         run_dir = self.home / ".local/state/coopy/run"
         try:

@@ -177,21 +177,14 @@ def test_trust_without_a_file(box_user: BoxUser) -> None:
 
 def test_user_config_can_relax_security(box_user: BoxUser) -> None:
     ws = box_user.workspace()
-    cfg = ws / "xdg"
-    (cfg / "coopy").mkdir(parents=True)
-    (cfg / "coopy" / "config.toml").write_text("[security]\nnested_userns = true\n")
-    os.system(f"chown -R {box_user.uid} {cfg}")
-    res = box_user.coopy("run", "--", "unshare", "-U", "true", cwd=ws,
-                         env={"XDG_CONFIG_HOME": str(cfg)})
+    env = box_user.user_config("[security]\nnested_userns = true\n")
+    res = box_user.coopy("run", "--", "unshare", "-U", "true", cwd=ws, env=env)
     assert res.returncode == 0, res.stderr
 
 
 def test_pid_limit_counts_only_the_box(box_user: BoxUser) -> None:
     ws = box_user.workspace()
-    cfg = ws / "xdg"
-    (cfg / "coopy").mkdir(parents=True)
-    (cfg / "coopy" / "config.toml").write_text("[limits]\npids = 40\n")
-    os.system(f"chown -R {box_user.uid} {cfg}")
+    env = box_user.user_config("[limits]\npids = 40\n")
     code = (
         "import os, time\nkids = []\nerr = 'none'\n"
         "for _ in range(200):\n"
@@ -202,8 +195,7 @@ def test_pid_limit_counts_only_the_box(box_user: BoxUser) -> None:
         "print(len(kids), err)\n"
     )
     (ws / "bomb.py").write_text(code)
-    res = box_user.coopy("run", "--", "python3", str(ws / "bomb.py"), cwd=ws,
-                         env={"XDG_CONFIG_HOME": str(cfg)})
+    res = box_user.coopy("run", "--", "python3", str(ws / "bomb.py"), cwd=ws, env=env)
     assert res.returncode == 0, res.stderr
     count, err = res.stdout.split(maxsplit=1)
     # init and python count too: 40 - 2 children at most, and no fewer than that minus

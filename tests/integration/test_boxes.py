@@ -9,6 +9,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pexpect
 import pytest
@@ -24,6 +25,13 @@ def name(box_user: BoxUser) -> Iterator[str]:
     box = f"t{uuid.uuid4().hex[:8]}"
     yield box
     box_user.coopy("rm", "-f", box)
+
+
+def spawn(user: BoxUser, args: list[str], ws: Path) -> pexpect.spawn:
+    """coopy on a real PTY, as a person at a terminal runs it."""
+    argv = user.argv(args)
+    return pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=user.env(), timeout=TIMEOUT,
+                         encoding="utf-8")
 
 
 def ls(user: BoxUser) -> dict[str, dict[str, object]]:
@@ -71,9 +79,7 @@ def test_detached_box_runs_logs_and_is_killed(box_user: BoxUser, name: str) -> N
 
 def test_attach_detach_reattach_with_scrollback(box_user: BoxUser, name: str) -> None:
     ws = box_user.workspace()
-    argv = box_user.argv(["-n", name, "--", "sh"])
-    first = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(),
-                          timeout=TIMEOUT, encoding="utf-8")
+    first = spawn(box_user, ["-n", name, "--", "sh"], ws)
     try:
         first.expect("# ")
         first.sendline("echo marker-$((6*7))")
@@ -85,9 +91,7 @@ def test_attach_detach_reattach_with_scrollback(box_user: BoxUser, name: str) ->
         first.close(force=True)
     assert first.exitstatus == 0
     assert ls(box_user)[name]["state"] == "running"
-    argv = box_user.argv(["attach", name])
-    second = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(),
-                           timeout=TIMEOUT, encoding="utf-8")
+    second = spawn(box_user, ["attach", name], ws)
     try:
         second.expect("marker-42")  # the scrollback, replayed
         second.sendline("exit 3")
@@ -105,9 +109,7 @@ def test_two_clients_see_the_same_box(box_user: BoxUser, name: str) -> None:
     clients = []
     try:
         for _ in range(2):
-            argv = box_user.argv(["attach", name])
-            c = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(),
-                              timeout=TIMEOUT, encoding="utf-8")
+            c = spawn(box_user, ["attach", name], ws)
             clients.append(c)
         time.sleep(0.3)
         assert ls(box_user)[name]["clients"] == 2
@@ -165,9 +167,7 @@ def test_exec_runs_beside_the_agent_with_pipes_and_status(box_user: BoxUser, nam
 def test_shells_beside_the_agent(box_user: BoxUser, name: str) -> None:
     ws = box_user.workspace()
     assert box_user.coopy("-d", "-n", name, "--", "sleep", "1000", cwd=ws).returncode == 0
-    argv = box_user.argv(["shell", name, "-c", "tty; pwd; exit 6"])
-    c = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(), timeout=TIMEOUT,
-                      encoding="utf-8")
+    c = spawn(box_user, ["shell", name, "-c", "tty; pwd; exit 6"], ws)
     try:
         c.expect(r"/dev/pts/\d+")
         c.expect(str(ws))
@@ -176,9 +176,7 @@ def test_shells_beside_the_agent(box_user: BoxUser, name: str) -> None:
         c.close(force=True)
     assert c.exitstatus == 6
     # an interactive shell: detach, it stays listed, reattach sees what it printed
-    argv = box_user.argv(["shell", name])
-    c = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(), timeout=TIMEOUT,
-                      encoding="utf-8")
+    c = spawn(box_user, ["shell", name], ws)
     try:
         c.expect("# ")
         c.sendline("echo shell-$((3*3)) $0")
@@ -189,8 +187,7 @@ def test_shells_beside_the_agent(box_user: BoxUser, name: str) -> None:
         c.close(force=True)
     listed = json.loads(box_user.coopy("shell", "ls", name, "--json").stdout)
     assert len(listed) == 1 and "bash -l" in listed[0]["command"][-1]
-    c = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(), timeout=TIMEOUT,
-                      encoding="utf-8")
+    c = spawn(box_user, ["shell", name], ws)
     try:
         c.expect("shell-9")  # the shell's own scrollback
         c.sendline("exit 2")
@@ -241,9 +238,7 @@ def test_auto_restart_stops_a_crash_loop(box_user: BoxUser, name: str) -> None:
 def test_shell_attach_and_logs_by_id(box_user: BoxUser, name: str) -> None:
     ws = box_user.workspace()
     assert box_user.coopy("-d", "-n", name, "--", "sleep", "1000", cwd=ws).returncode == 0
-    argv = box_user.argv(["shell", name, "--new"])
-    c = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(), timeout=TIMEOUT,
-                      encoding="utf-8")
+    c = spawn(box_user, ["shell", name, "--new"], ws)
     try:
         c.expect("# ")
         c.sendline("echo by-id-$((5*5))")
@@ -254,9 +249,7 @@ def test_shell_attach_and_logs_by_id(box_user: BoxUser, name: str) -> None:
         c.close(force=True)
     (shell,) = json.loads(box_user.coopy("shell", "ls", name, "--json").stdout)
     assert "by-id-25" in box_user.coopy("shell", "logs", str(shell["id"]), name).stdout
-    argv = box_user.argv(["shell", "attach", str(shell["id"]), name])
-    c = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(), timeout=TIMEOUT,
-                      encoding="utf-8")
+    c = spawn(box_user, ["shell", "attach", str(shell["id"]), name], ws)
     try:
         c.expect("by-id-25")
         c.sendline("exit 5")
@@ -387,9 +380,7 @@ def test_old_protocol_is_refused_with_the_fix(box_user: BoxUser, name: str) -> N
 
 def test_box_survives_its_clients_terminal_dying(box_user: BoxUser, name: str) -> None:
     ws = box_user.workspace()
-    argv = box_user.argv(["-n", name, "--", "sh"])
-    c = pexpect.spawn(argv[0], argv[1:], cwd=str(ws), env=box_user.env(), timeout=TIMEOUT,
-                      encoding="utf-8")
+    c = spawn(box_user, ["-n", name, "--", "sh"], ws)
     c.expect("# ")
     c.close(force=True)  # the terminal goes away: SIGHUP, then SIGKILL
     time.sleep(0.3)

@@ -46,12 +46,8 @@ def test_doctor_security_blocks_every_attack(box_user: BoxUser) -> None:
 def test_doctor_security_notices_a_weak_box(box_user: BoxUser) -> None:
     # With the filter turned off (by the user's own config), the self-test must say so:
     # proof that it can fail.
-    ws = box_user.workspace()
-    (ws / "coopy").mkdir()
-    (ws / "coopy" / "config.toml").write_text("[security]\nseccomp = false\n")
-    os.chown(ws / "coopy", box_user.uid, box_user.pw.pw_gid)
-    res = box_user.coopy("doctor", "--security", "--json", cwd=ws,
-                         env={"XDG_CONFIG_HOME": str(ws)})
+    env = box_user.user_config("[security]\nseccomp = false\n")
+    res = box_user.coopy("doctor", "--security", "--json", cwd=box_user.workspace(), env=env)
     assert res.returncode == 1
     outcome = {r["attack"]: r["outcome"] for r in json.loads(res.stdout)}
     assert outcome["keyctl"] == "ALLOWED"

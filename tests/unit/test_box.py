@@ -11,6 +11,7 @@ from coopy.box import BOX_PATH, box_hostname, build_env, plan_ids, single_id_war
 from coopy.errors import ConfigError, HostError
 from coopy.facts import HostFacts
 from coopy.idmap import IdMap, IdRange, SubRange
+from tests.unit.hostfacts import host_facts
 
 # RFC 1123 label, as sethostname(2) users expect: letters, digits, inner hyphens, ≤ 63.
 LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -19,21 +20,8 @@ SUB = SubRange(100000, 65536)
 
 
 def facts(uid: int, sub: SubRange | None) -> HostFacts:
-    return HostFacts(
-        uid=uid,
-        gid=uid,
-        user="root" if uid == 0 else "alice",
-        home="/root" if uid == 0 else "/home/alice",
-        shell="/bin/sh",
-        kernel=(6, 8),
-        subuid=sub,
-        subgid=sub,
-        newuidmap="/usr/bin/newuidmap",
-        newgidmap="/usr/bin/newgidmap",
-        max_user_namespaces=1000,
-        unprivileged_userns_clone=None,
-        apparmor_restrict_userns=None,
-    )
+    return host_facts(uid, "root" if uid == 0 else "alice", subuid=sub, subgid=sub,
+                      newuidmap="/usr/bin/newuidmap", newgidmap="/usr/bin/newgidmap")
 
 
 # --- box_hostname -----------------------------------------------------------------------

@@ -30,6 +30,7 @@ from coopy.plan import (
     build_plan,
     normalize_target,
 )
+from tests.unit.hostfacts import host_facts
 
 MERGED_USR: dict[str, str | None] = {
     "usr": None,
@@ -53,23 +54,7 @@ HOST_BIND_SOURCES = {"/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt", "/sys"}
 def facts(
     layout: dict[str, str | None], uid: int = 1000, etc_submounts: bool = False
 ) -> HostFacts:
-    return HostFacts(
-        uid=uid,
-        gid=uid,
-        user="alice",
-        home="/home/alice",
-        shell="/bin/sh",
-        kernel=(6, 8),
-        subuid=None,
-        subgid=None,
-        newuidmap=None,
-        newgidmap=None,
-        max_user_namespaces=1000,
-        unprivileged_userns_clone=None,
-        apparmor_restrict_userns=None,
-        etc_submounts=etc_submounts,
-        layout=layout,
-    )
+    return host_facts(uid, etc_submounts=etc_submounts, layout=layout)
 
 
 def spec(**kw: object) -> BoxSpec:

@@ -19,6 +19,7 @@ from coopy.rootfs import (
     copy_host_etc,
     hidden_etc_entries,
 )
+from tests.unit.hostfacts import host_facts
 
 SH = "/bin/sh"  # exists everywhere, so pick_shell keeps it
 
@@ -55,21 +56,7 @@ BOB = BoxUser("bob", 1000, 1000, "/home/bob", SH)
 
 
 def facts(uid: int, user: str = "alice", shell: str = SH) -> HostFacts:
-    return HostFacts(
-        uid=uid,
-        gid=uid,
-        user=user,
-        home=f"/home/{user}",
-        shell=shell,
-        kernel=(6, 8),
-        subuid=None,
-        subgid=None,
-        newuidmap=None,
-        newgidmap=None,
-        max_user_namespaces=1000,
-        unprivileged_userns_clone=None,
-        apparmor_restrict_userns=None,
-    )
+    return host_facts(uid, user, shell=shell)
 
 
 def names_uids(text: str) -> list[tuple[str, int]]:
