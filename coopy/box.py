@@ -70,6 +70,8 @@ class RunRequest(NamedTuple):
     nofile: int | None = None
     memory: int | None = None
     cpus: float | None = None
+    platform: str | None = None  # [image] platform: which image of a multi-platform index
+    insecure: bool = False  # [image] insecure: plain HTTP to a registry not on loopback
 
 
 def box_hostname(workspace: Path) -> str:
@@ -235,14 +237,6 @@ def _with_box(
     from coopy.plan import BoxSpec, Volume, build_plan, normalize_target
     from coopy.rootfs import box_user, create_host_layers
 
-    if req.image != "host":
-        from coopy.errors import ImageError
-
-        raise ImageError(
-            f"image {req.image!r} is not available: this release runs the built-in "
-            "`host` image only",
-            hint="use --image host (pulled images come with `coopy build`)",
-        )
     if not req.command:
         raise ConfigError("no command given", hint="coopy run [OPTIONS] -- COMMAND [ARGS…]")
     facts = probe_host()
@@ -264,6 +258,14 @@ def _with_box(
         )
     if idmap is not None and user.uid != 0 and idmap.to_host_uid(user.uid) is None:
         raise HostError(f"user {user.name} (uid {user.uid}) does not exist in this box's id map")
+    image_layers: tuple[str, ...] = ()
+    if req.image != "host":
+        from coopy.image.boxroot import ensure_image, image_env, layer_paths
+
+        record = ensure_image(req.image, facts=facts, idmap=idmap, platform=req.platform,
+                              insecure=req.insecure)
+        image_layers = layer_paths(record, idmap)
+        req = req._replace(env={**image_env(record), **req.env})
 
     workspace = req.workspace.resolve()
     if not workspace.is_dir():
@@ -287,7 +289,7 @@ def _with_box(
             hostname=hostname,
             box_dir=box_dir,
             skel=skel,
-            etc=f"{box_dir}/etc",
+            etc=f"{box_dir}/image-etc" if image_layers else f"{box_dir}/etc",
             workspace=str(workspace),
             workspace_target=ws_target,
             volumes=tuple(Volume(s, t, ro, d) for s, t, ro, d in mounts),
@@ -297,6 +299,7 @@ def _with_box(
             tty_gid=5 if idmap is None or idmap.maps_gid(5) else None,
             idmap_binds=root_box,
             readonly=git_readonly(workspace, req.git),
+            image_layers=image_layers,
         )
 
     if req.dry_run:
@@ -332,10 +335,14 @@ def _with_box(
 
         remove_tree(rundir.path / "etc")  # regenerated each start: hostname, users
         try:
-            skel, _ = create_host_layers(
-                rundir.path, facts, hostname=hostname, net=req.net, user=user,
-                owner=owner, host_passwd=host_passwd,
-            )
+            if image_layers:
+                skel = _image_layers(rundir.path, image_layers, facts, user, hostname,
+                                     req.net, owner, host_passwd)
+            else:
+                skel, _ = create_host_layers(
+                    rundir.path, facts, hostname=hostname, net=req.net, user=user,
+                    owner=owner, host_passwd=host_passwd,
+                )
         except OSError as exc:
             raise HostError(
                 f"cannot prepare the box's layers in {rundir.path}: {exc.strerror}",
@@ -349,6 +356,27 @@ def _with_box(
             rundir.release()
         else:
             rundir.remove(remover)
+
+
+def _image_layers(box_dir: Path, layers: tuple[str, ...], facts: HostFacts, user: BoxUser,
+                  hostname: str, net: str, owner: tuple[int, int] | None,
+                  host_passwd: str) -> Path:
+    """The box's own layer on a pulled image, and (boxes of root) the mount points the
+    image's layers are attached on in the box's namespace (coopy/mount.py, Trees)."""
+    from coopy.image.boxroot import write_box_layer
+    from coopy.rootfs import box_user
+    from coopy.state import remove_tree
+
+    remove_tree(box_dir / "image-etc")  # regenerated each start: hostname, users
+    users = [box_user(facts, None, host_passwd)]
+    if user.name != "root":
+        users.append(user)
+    write_box_layer(box_dir / "image-etc", layers, users=users, hostname=hostname, net=net,
+                    owner=owner)
+    if owner is not None:
+        for i in range(len(layers)):
+            (box_dir / "lower" / str(i)).mkdir(mode=0o711, parents=True, exist_ok=True)
+    return box_dir / "image-etc"
 
 
 def _userns_remover(idmap: IdMap, facts: HostFacts) -> object:

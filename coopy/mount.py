@@ -17,6 +17,7 @@ Nothing else in coopy calls mount(2).  Rules it keeps (docs/design.md, "Mounts")
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -63,6 +64,7 @@ class Trees:
     def __init__(self, box_dir: str = "", trees: dict[str, int] | None = None) -> None:
         self.box_dir = box_dir
         self.trees = trees if trees is not None else {}
+        self.attached = 0
 
     def tree(self, source: str, *, recursive: bool = True) -> int:
         """A detached tree of ``source`` to attach once (the caller closes it).
@@ -77,21 +79,44 @@ class Trees:
         return sc.open_tree(sc.AT_FDCWD, source, flags)
 
     def layer(self, path: str) -> str:
-        """The path overlay should be given for a layer: relative when next to the box."""
+        """The path overlay should be given for a layer: relative when next to the box.
+
+        An image layer the parent cloned (boxes of root: box root cannot search root's
+        home) is attached on ``lower/<n>`` in the box directory first: overlay takes
+        lower layers only from its own mount namespace (clone_private_mount).
+        """
+        fd = self.trees.pop(path, None)
+        if fd is not None:
+            mp = os.open(f"lower/{self.attached}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                sc.move_mount(fd, "", mp, "", _MOVE)
+            finally:
+                os.close(mp)
+                os.close(fd)
+            self.attached += 1
+            return f"lower/{self.attached - 1}"
         if self.box_dir and path.startswith(os.path.dirname(self.box_dir) + "/"):
             return os.path.relpath(path, self.box_dir)
         return path
 
 
-def clone_sources(ops: tuple[Op, ...], userns_fd: int | None) -> dict[str, int]:
+def clone_sources(ops: tuple[Op, ...], userns_fd: int | None,
+                  box_dir: str = "") -> dict[str, int]:
     """Run by the parent with root's host credentials: clone the id-mapped binds of ``ops``.
 
     Each gets the box's user namespace attached with MOUNT_ATTR_IDMAP, so files that
     are root's on disk are box root's in the box, and the box's new files are root's.
+    A pulled image's layers (lower layers not next to ``box_dir``) are cloned as they
+    are: their files already belong to the box's ids (see :meth:`Trees.layer`).
     """
     trees: dict[str, int] = {}
+    near = os.path.dirname(box_dir) + "/"
     for op in ops:
         match op:
+            case Overlay("/", lowers, _, _) if box_dir:
+                for path in lowers:
+                    if not path.startswith(near) and path not in trees:
+                        trees[path] = sc.open_tree(sc.AT_FDCWD, path, _CLONE)
             case Bind(source, _, _, directory, idmap) if idmap and source not in trees:
                 flags = _CLONE | (sc.AT_RECURSIVE if directory else 0)
                 fd = sc.open_tree(sc.AT_FDCWD, source, flags)
@@ -266,18 +291,24 @@ class Applier:
                 self._pivot()
 
     def _overlay(self, lowers: tuple[str, ...], upper: str | None, work: str | None) -> int:
-        opts: dict[str, str | None] = {
-            "lowerdir": ":".join(self.trees.layer(p) for p in lowers),
-        }
+        paths = [self.trees.layer(p) for p in lowers]
+        rest: list[tuple[str, str | None]] = []
         if upper is not None and work is not None:
-            opts["upperdir"] = self.trees.layer(upper)
-            opts["workdir"] = self.trees.layer(work)
+            rest += [("upperdir", self.trees.layer(upper)), ("workdir", self.trees.layer(work))]
         if self.userxattr:
-            opts["userxattr"] = None
+            rest.append(("userxattr", None))
         attr = MA.MOUNT_ATTR_NOSUID
         if upper is None:  # a layer view (/etc of the host image): read-only, no devices
             attr |= MA.MOUNT_ATTR_NODEV | MA.MOUNT_ATTR_RDONLY
-        return sc.fsmount_new("overlay", opts, attr)
+        if len(paths) > 2:
+            # An image's layers: one "lowerdir+" each (6.7+), past fsconfig's 256-byte
+            # limit on one string; older kernels get the joined form.
+            try:
+                return sc.fsmount_new("overlay", [("lowerdir+", p) for p in paths] + rest, attr)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or "lowerdir+" not in str(exc):
+                    raise
+        return sc.fsmount_new("overlay", [("lowerdir", ":".join(paths)), *rest], attr)
 
     def _mask(self, target: str) -> None:
         try:

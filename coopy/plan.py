@@ -94,6 +94,7 @@ class BoxSpec(NamedTuple):
     # (workspace-relative path, is a directory) bound read-only over itself (.git/hooks)
     readonly: tuple[tuple[str, bool], ...] = ()
     extra: tuple[Op, ...] = ()
+    image_layers: tuple[str, ...] = ()  # host: a pulled image's layers, top first
 
 
 def plan_host_image(spec: BoxSpec, facts: HostFacts) -> tuple[Op, ...]:
@@ -108,6 +109,12 @@ def plan_host_image(spec: BoxSpec, facts: HostFacts) -> tuple[Op, ...]:
     host_etc = f"{spec.box_dir}/etc-host" if facts.etc_submounts else "/etc"
     ops.append(Overlay("/etc", (spec.etc, host_etc)))
     return tuple(ops)
+
+
+def plan_image_root(spec: BoxSpec) -> tuple[Op, ...]:
+    """The root filesystem on a pulled image: the box's own layer over the image's."""
+    lowers = (spec.etc, *spec.image_layers)
+    return (Overlay("/", lowers, upper=f"{spec.box_dir}/upper", work=f"{spec.box_dir}/work"),)
 
 
 def plan_system_mounts(spec: BoxSpec) -> tuple[Op, ...]:
@@ -161,9 +168,10 @@ def plan_user_mounts(spec: BoxSpec) -> tuple[Op, ...]:
 
 
 def build_plan(spec: BoxSpec, facts: HostFacts) -> tuple[Op, ...]:
-    """The whole plan of a box on the host image."""
+    """The whole plan of a box (on the host image, or on a pulled one)."""
+    root = plan_image_root(spec) if spec.image_layers else plan_host_image(spec, facts)
     return (
-        plan_host_image(spec, facts)
+        root
         + plan_system_mounts(spec)
         + plan_user_mounts(spec)
         + spec.extra

@@ -189,7 +189,7 @@ def _parent_maps(launch: Launch, pid: int) -> tuple[bytes, list[int]]:
             userns_for_binds = helper
         else:
             userns_for_binds = userns
-        trees = clone_sources(launch.plan, userns_for_binds)
+        trees = clone_sources(launch.plan, userns_for_binds, launch.box_dir)
     finally:
         os.close(userns)
         if helper is not None:

@@ -270,7 +270,8 @@ def _fs_log(fsfd: int) -> str:
     return "; ".join(lines)
 
 
-def fsmount_new(fstype: str, options: dict[str, str | None], attr: MountAttr | int = 0) -> int:
+def fsmount_new(fstype: str, options: dict[str, str | None] | list[tuple[str, str | None]],
+                attr: MountAttr | int = 0) -> int:
     """fsopen + fsconfig + fsmount (5.2+): a new, detached mount of ``fstype``.
 
     Returns an O_CLOEXEC fd that refers to the root of the new mount, usable as a
@@ -281,7 +282,8 @@ def fsmount_new(fstype: str, options: dict[str, str | None], attr: MountAttr | i
         _syscall(_SYS_FSOPEN, _b(fstype), ctypes.c_uint(FSOPEN_CLOEXEC)), f"fsopen({fstype})"
     )
     try:
-        for key, value in options.items():
+        pairs = list(options.items()) if isinstance(options, dict) else options
+        for key, value in pairs:
             if value is None:
                 res = _syscall(_SYS_FSCONFIG, ctypes.c_int(fsfd), ctypes.c_uint(FSCONFIG_SET_FLAG),
                                _b(key), None, ctypes.c_int(0))

@@ -171,5 +171,7 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         nofile=config.limits.nofile,
         memory=config.limits.memory,
         cpus=config.limits.cpus,
+        platform=config.image.platform,
+        insecure=config.image.insecure,
     )
     return request, config
