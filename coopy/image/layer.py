@@ -88,7 +88,7 @@ class Extractor:
         self._parents[key] = fd
         return fd
 
-    def _open_dir(self, key: tuple[str, ...]) -> int:
+    def _open_dir(self, key: tuple[str, ...], hops: int = 0) -> int:
         flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
         if not key:
             return sc.openat2(self.root, ".", flags, _IN_ROOT)
@@ -96,12 +96,18 @@ class Extractor:
             return sc.openat2(self.root, "/".join(key), flags, _IN_ROOT)
         except FileNotFoundError:
             pass
-        parent = self._open_dir(key[:-1])
+        if hops > 40:  # as the kernel's own limit on symlinks in one lookup
+            raise LayerError(f"layer path {'/'.join(key)!r}: too many levels of symlinks")
+        parent = self._open_dir(key[:-1], hops)
         try:
-            try:
+            st = _lstat(key[-1], parent)
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                # A symlink of this layer to a directory that does not exist yet: make
+                # the directory where the link leads, resolved inside the root.
+                target = os.readlink(key[-1], dir_fd=parent)
+                return self._open_dir(_join_in_root(key[:-1], target), hops + 1)
+            if st is None:
                 os.mkdir(key[-1], 0o755, dir_fd=parent)
-            except FileExistsError:
-                pass  # e.g. a dangling symlink: the open below refuses it
             try:
                 return sc.openat2(parent, key[-1], flags | os.O_NOFOLLOW, _IN_ROOT)
             except OSError as exc:
@@ -137,6 +143,10 @@ class Extractor:
         existing = _lstat(base, parent)
         if existing is not None and not (member.isdir() and stat.S_ISDIR(existing.st_mode)):
             self._remove(parent, base, existing)
+            if stat.S_ISDIR(existing.st_mode) or stat.S_ISLNK(existing.st_mode):
+                # cached paths may have led through what was removed
+                self._forget_parents()
+                parent = self._parent(parts)
         if member.isdir():
             if existing is None or not stat.S_ISDIR(existing.st_mode):
                 os.mkdir(base, 0o700, dir_fd=parent)
@@ -220,11 +230,8 @@ class Extractor:
     def _remove(self, parent: int, base: str, st: os.stat_result) -> None:
         if stat.S_ISDIR(st.st_mode):
             _rmtree_at(parent, base)
-            self._forget_parents()
         else:
             os.unlink(base, dir_fd=parent)
-            if stat.S_ISLNK(st.st_mode):
-                self._forget_parents()
 
     def _own(self, parent: int, base: str, member: tarfile.TarInfo) -> bool:
         return self._chown(lambda: os.chown(base, member.uid, member.gid, dir_fd=parent,
@@ -268,6 +275,18 @@ def _mode(member: tarfile.TarInfo, owned: bool) -> int:
     return mode if owned else mode & ~(stat.S_ISUID | stat.S_ISGID)
 
 
+def _join_in_root(base: tuple[str, ...], target: str) -> tuple[str, ...]:
+    """Where the symlink ``target`` found in directory ``base`` leads, as a chroot sees it."""
+    parts = [] if target.startswith("/") else list(base)
+    for part in target.split("/"):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return tuple(parts)
+
+
 def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
     try:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -299,7 +318,11 @@ def extract_tar(stream: IO[bytes], root_fd: int, *, xattr_prefix: str = "user.ov
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 for member in tar:
                     data = tar.extractfile(member) if member.isreg() else None
-                    ex.add(member, data)
+                    try:
+                        ex.add(member, data)
+                    except OSError as exc:
+                        raise LayerError(f"layer entry {member.name!r}: "
+                                         f"{exc.strerror or exc}") from exc
         except tarfile.TarError as exc:
             raise LayerError(f"the layer is not a valid tar archive: {exc}") from None
         ex.finish()
