@@ -260,11 +260,12 @@ def _with_box(
         raise HostError(f"user {user.name} (uid {user.uid}) does not exist in this box's id map")
     image_layers: tuple[str, ...] = ()
     if req.image != "host":
-        from coopy.image.boxroot import ensure_image, image_env, layer_paths
+        from coopy.image.boxroot import check_layer_count, ensure_image, image_env, layer_paths
 
         record = ensure_image(req.image, facts=facts, idmap=idmap, platform=req.platform,
                               insecure=req.insecure)
         image_layers = layer_paths(record, idmap)
+        check_layer_count(image_layers)
         req = req._replace(env={**image_env(record), **req.env})
 
     workspace = req.workspace.resolve()

@@ -255,17 +255,19 @@ class Registry:
 class AuthStub:
     """A registry front on 127.0.0.1 that wants a bearer token (or basic auth).
 
-    mode "bearer": /v2/… without a token answers 401 with a Bearer challenge whose realm is
-    this server's /token; /token hands out tokens (to anyone, or only to ``user:password``
-    when given).  mode "basic": /v2/… wants ``Authorization: Basic`` of ``user:password``.
+    mode "open": no authentication (``corrupt`` flips a bit of every blob: a registry or
+    proxy that alters content).  mode "bearer": /v2/… without a token answers 401 with a
+    Bearer challenge whose realm is this server's /token; /token hands out tokens (to
+    anyone, or only to ``user:password`` when given).  mode "basic": /v2/… wants ``Authorization: Basic`` of ``user:password``.
     Blob GETs are redirected to /cdn/…, which refuses any request that carries an
     Authorization header (as Docker Hub's CDN does).  Everything else is proxied to the
     real registry behind.  ``log`` keeps (path, authorization) of every request.
     """
 
     def __init__(self, upstream: str, mode: str = "bearer",
-                 credentials: tuple[str, str] | None = None) -> None:
+                 credentials: tuple[str, str] | None = None, corrupt: bool = False) -> None:
         self.upstream, self.mode, self.credentials = upstream, mode, credentials
+        self.corrupt = corrupt
         self.tokens: set[str] = set()
         self.log: list[tuple[str, str | None]] = []
         stub = self
@@ -310,7 +312,9 @@ class AuthStub:
             if auth is not None:
                 return self._send(h, 400, b"no Authorization on the CDN, please")
             return self._proxy(h, h.path[len("/cdn"):])
-        if self.mode == "basic":
+        if self.mode == "open":
+            pass
+        elif self.mode == "basic":
             if auth is None or not self._basic_ok(auth):
                 return self._send(h, 401, b"{}", {"WWW-Authenticate": 'Basic realm="stub"'})
         elif not (auth and auth.startswith("Bearer ") and auth[7:] in self.tokens):
@@ -334,6 +338,8 @@ class AuthStub:
                        if k in ("Content-Type", "Docker-Content-Digest", "Content-Range")}
         except urllib.error.HTTPError as exc:
             body, status, out = exc.read(), exc.code, {}
+        if self.corrupt and "/blobs/" in path and body:
+            body = bytes([body[0] ^ 1]) + body[1:]
         self._send(h, status, body, out)
 
     @staticmethod

@@ -430,8 +430,9 @@ def choose_manifest(index: dict[str, Any], want: Any, name: str) -> dict[str, An
         plat = entry.get("platform")
         if isinstance(plat, dict) and platform_matches(want, plat):
             return entry
-    have = sorted({"/".join(str(p) for p in (m.get("platform") or {}).values()
-                            if isinstance(p, str)) for m in entries} - {""})
+    have = sorted({"/".join(str(p.get(k)) for k in ("os", "architecture", "variant")
+                            if p.get(k)) for m in entries
+                   if isinstance(p := m.get("platform"), dict)} - {""})
     raise ImageError(f"{name} has no image for {want}; it has: {', '.join(have) or 'none'}",
                      hint="choose one with --platform or [image] platform")
 

@@ -1,0 +1,261 @@
+"""Images end to end: a real registry on loopback, images pushed by the test, pulled and
+run by coopy as root and rootless.
+
+The registry is Debian's docker-registry (distribution 2.8), started once per session on
+127.0.0.1 and stopped at the end; images are OCI layouts written here and pushed with
+skopeo.  A stub in front of it (tests/imagekit.py) asks for bearer tokens or basic
+credentials, redirects blobs to a "CDN" that refuses Authorization headers, or alters
+blobs in flight.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import WORK_BASE, BoxUser
+from tests.imagekit import (
+    AuthStub,
+    Entry,
+    OciLayout,
+    Registry,
+    base_entries,
+    probe_binary,
+    push,
+    tar_bytes,
+    top_entries,
+)
+
+pytestmark = pytest.mark.registry
+
+
+class Images:
+    """The session's registry and what was pushed to it."""
+
+    def __init__(self, registry: Registry, layout: OciLayout, info: dict[str, Any]) -> None:
+        self.registry = registry
+        self.layout = layout
+        self.info = info
+
+    def ref(self, name: str, host: str | None = None) -> str:
+        return f"{host or self.registry.host}/{name}"
+
+
+@pytest.fixture(scope="session")
+def images() -> Iterator[Images]:
+    if not shutil.which("docker-registry") or not shutil.which("skopeo"):
+        pytest.skip("needs docker-registry and skopeo (apt install docker-registry skopeo)")
+    base = WORK_BASE / "images-session"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    registry = Registry(base / "registry")
+    registry.start()
+    try:
+        layout = OciLayout(base / "oci")
+        probe = probe_binary(base)
+        bottom, top = tar_bytes(base_entries(probe)), tar_bytes(top_entries())
+        img = layout.image([(bottom, "gzip"), (top, "zstd")])
+        layout.tag(img, "img")
+        plain = layout.image([(bottom, None)])
+        layout.tag(plain, "plain")
+        marker = tar_bytes([Entry("etc/arch", data="arm64\n")])
+        arm = layout.image([(bottom, "gzip"), (marker, "gzip")], arch="arm64")
+        layout.tag(layout.index([img, arm]), "multi")
+        hostile = layout.image([(bottom, "gzip"), (tar_bytes([Entry("../../evil", data="x")]),
+                                                   "gzip")])
+        layout.tag(hostile, "hostile")
+        for tag in ("img", "plain", "multi", "hostile"):
+            push(base / "oci", tag, f"{registry.host}/test/{tag}:v1")
+        info = {"bottom_gz": hashlib.sha256(_gz_of(layout, img, 0)).hexdigest(),
+                "img": img}
+        yield Images(registry, layout, info)
+    finally:
+        registry.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _gz_of(layout: OciLayout, desc: dict[str, Any], index: int) -> bytes:
+    manifest = json.loads((layout.path / "blobs" / "sha256" / desc["digest"][7:]).read_bytes())
+    return (layout.path / "blobs" / "sha256" / manifest["layers"][index]["digest"][7:]) \
+        .read_bytes()
+
+
+@pytest.fixture
+def home(box_user: BoxUser) -> dict[str, str]:
+    """A COOPY_HOME of this test's own (store and state), owned by the user."""
+    path = box_user.workspace()
+    return {"COOPY_HOME": str(path / "coopy")}
+
+
+def run_probe(user: BoxUser, env: dict[str, str], ref: str, *args: str) -> str:
+    res = user.coopy("run", "--image", ref, "--", "/bin/imgprobe", *args,
+                     cwd=user.workspace(), env=env)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_pull_then_run(box_user: BoxUser, images: Images, home: dict[str, str]) -> None:
+    ref = images.ref("test/img:v1")
+    res = box_user.coopy("pull", ref, env=home)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"{ref} sha256:")
+    listed = json.loads(box_user.coopy("images", "--json", env=home).stdout)
+    assert [(i["name"], i["layers"], i["platform"]) for i in listed] == \
+        [(ref, 2, "linux/amd64")]
+    # the zstd top layer over the gzip bottom one
+    assert "VERSION_ID=\"2\"" in run_probe(box_user, home, ref, "cat", "/etc/os-release")
+    # a whiteout hides srv/gone, an opaque directory hides var/lib/old/{a,b}
+    assert sorted(run_probe(box_user, home, ref, "ls", "/srv").split()) == ["owned", "suid"]
+    assert run_probe(box_user, home, ref, "ls", "/var/lib/old").split() == ["c"]
+    # owners and set-user-id bits as the image says, inside the box
+    assert run_probe(box_user, home, ref, "stat", "/srv/owned") == "file 644 1000 1000\n"
+    assert run_probe(box_user, home, ref, "stat", "/srv/suid") == "file 4755 0 0\n"
+    assert run_probe(box_user, home, ref, "stat", "/usr/lib/hardlink") == "file 644 0 0\n"
+    assert run_probe(box_user, home, ref, "id") == "0 0\n"
+    # the image's Env, and the box's own /etc bits over the image's
+    assert run_probe(box_user, home, ref, "env", "PATH") == "/bin:/usr/bin\n"
+    passwd = run_probe(box_user, home, ref, "cat", "/etc/passwd")
+    assert "daemon:x:1:1:" in passwd and "root:x:0:0:" in passwd
+    hostname = run_probe(box_user, home, ref, "cat", "/etc/hostname").strip()
+    assert hostname.startswith(box_user.name)
+    # deleting a file of a lower layer works (overlay whiteout in the box's upper)
+    ws = box_user.workspace()
+    res = box_user.coopy("run", "--image", ref, "--", "/bin/imgprobe", "rm", "/srv/owned",
+                         cwd=ws, env=home)
+    assert res.returncode == 0, res.stderr
+
+
+def test_layers_are_shared_and_unpacked_once(box_user: BoxUser, images: Images,
+                                             home: dict[str, str]) -> None:
+    for name in ("test/img:v1", "test/plain:v1"):
+        res = box_user.coopy("pull", images.ref(name), env=home)
+        assert res.returncode == 0, res.stderr
+    layers = Path(home["COOPY_HOME"]) / "data" / "layers"
+    (mapdir,) = list(layers.iterdir())
+    # img: gzip bottom + zstd top; plain: the same bottom uncompressed (another blob)
+    assert len([p for p in mapdir.iterdir() if not p.name.startswith(".")]) == 3
+    res = box_user.coopy("pull", images.ref("test/img:v1"), env=home)
+    assert "2 layers, 0 to fetch" in res.stderr
+
+
+def test_run_pulls_a_missing_image(box_user: BoxUser, images: Images,
+                                   home: dict[str, str]) -> None:
+    res = box_user.coopy("run", "--image", images.ref("test/img:v1"), "--", "/bin/imgprobe",
+                         "id", cwd=box_user.workspace(), env=home)
+    assert res.returncode == 0, res.stderr
+    assert "is not here: pulling it" in res.stderr
+
+
+def test_platform_choice(box_user: BoxUser, images: Images, home: dict[str, str]) -> None:
+    ref = images.ref("test/multi:v1")
+    res = box_user.coopy("pull", "--platform", "linux/arm64", ref, env=home)
+    assert res.returncode == 0, res.stderr
+    assert run_probe(box_user, home, ref, "cat", "/etc/arch") == "arm64\n"
+    res = box_user.coopy("pull", ref, env=home)  # this host's: amd64
+    assert res.returncode == 0, res.stderr
+    listed = json.loads(box_user.coopy("images", "--json", env=home).stdout)
+    assert listed[0]["platform"] == "linux/amd64"
+    res = box_user.coopy("pull", "--platform", "linux/s390x", ref, env=home)
+    assert res.returncode == 125
+    assert "has no image for linux/s390x" in res.stderr and "linux/arm64" in res.stderr
+
+
+def test_bearer_token_flow_and_cdn_redirect(box_user: BoxUser, images: Images,
+                                            home: dict[str, str]) -> None:
+    stub = AuthStub(images.registry.host, "bearer")
+    res = pull_through(box_user, stub, home)
+    assert res.returncode == 0, res.stderr
+    assert any(path.startswith("/token?") and "scope=repository%3Atest%2Fimg%3Apull" in path
+               for path, _ in stub.log)
+    cdn = [(p, a) for p, a in stub.log if p.startswith("/cdn/")]
+    assert cdn and all(a is None for _, a in cdn)  # the token never went to the CDN
+    assert any(a and a.startswith("Bearer ") for p, a in stub.log if "/manifests/" in p)
+
+
+def test_basic_auth_from_docker_config(box_user: BoxUser, images: Images,
+                                       home: dict[str, str]) -> None:
+    stub = AuthStub(images.registry.host, "basic", credentials=("alice", "s3cret"))
+    try:
+        ref = f"{stub.host}/test/img:v1"
+        res = box_user.coopy("pull", ref, env=home)
+        assert res.returncode == 125
+        assert "wants a user name and password" in res.stderr
+        config_dir = box_user.workspace()
+        (config_dir / "config.json").write_text(json.dumps({"auths": {stub.host: {
+            "auth": base64.b64encode(b"alice:s3cret").decode()}}}))
+        res = box_user.coopy("pull", ref, env={**home, "DOCKER_CONFIG": str(config_dir)})
+        assert res.returncode == 0, res.stderr
+    finally:
+        stub.close()
+
+
+def pull_through(user: BoxUser, stub: AuthStub, env: dict[str, str]) -> Any:
+    """`coopy pull` of test/img:v1 through ``stub``, which is closed after."""
+    try:
+        return user.coopy("pull", f"{stub.host}/test/img:v1", env=env)
+    finally:
+        stub.close()
+
+
+def test_bearer_with_credentials_refused(box_user: BoxUser, images: Images,
+                                         home: dict[str, str]) -> None:
+    stub = AuthStub(images.registry.host, "bearer", credentials=("bob", "pw"))
+    res = pull_through(box_user, stub, home)
+    assert res.returncode == 125
+    assert "the token service refused anonymous pulls" in res.stderr
+
+
+def test_altered_blob_is_refused(box_user: BoxUser, images: Images,
+                                 home: dict[str, str]) -> None:
+    res = pull_through(box_user, AuthStub(images.registry.host, "open", corrupt=True), home)
+    assert res.returncode == 125
+    assert "arrived with digest" in res.stderr
+    data = Path(home["COOPY_HOME"]) / "data"
+    assert not list((data / "images").iterdir())
+    assert not [p for p in (data / "blobs" / "sha256").iterdir()
+                if len(p.name) == 64 and p.name in res.stderr]
+
+
+def test_hostile_layer_is_refused_and_leaves_nothing(box_user: BoxUser, images: Images,
+                                                    home: dict[str, str]) -> None:
+    res = box_user.coopy("pull", images.ref("test/hostile:v1"), env=home)
+    assert res.returncode == 125
+    assert "climbs out with '..'" in res.stderr
+    layers = Path(home["COOPY_HOME"]) / "data" / "layers"
+    leftovers = [p.name for d in layers.iterdir() for p in d.iterdir()
+                 if p.name.startswith(".tmp-")]
+    assert leftovers == []
+    assert not (WORK_BASE / "evil").exists()
+
+
+def test_interrupted_download_resumes(box_user: BoxUser, images: Images,
+                                      home: dict[str, str]) -> None:
+    blobs = Path(home["COOPY_HOME"]) / "data" / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    whole = _gz_of(images.layout, images.info["img"], 0)
+    part = blobs / (hashlib.sha256(whole).hexdigest() + ".part")
+    part.write_bytes(whole[: len(whole) // 2])
+    for p in (Path(home["COOPY_HOME"]), Path(home["COOPY_HOME"]) / "data", blobs.parent, blobs,
+              part):
+        os.chown(p, box_user.uid, box_user.pw.pw_gid)
+    res = box_user.coopy("pull", images.ref("test/img:v1"), env=home)
+    assert res.returncode == 0, res.stderr
+    assert not part.exists()
+    assert run_probe(box_user, home, images.ref("test/img:v1"), "cat", "/usr/lib/hard") == \
+        "hard\n"
+
+
+def test_unknown_image_says_so(box_user: BoxUser, images: Images,
+                               home: dict[str, str]) -> None:
+    res = box_user.coopy("run", "--image", images.ref("test/nope:v1"), "--", "true",
+                         cwd=box_user.workspace(), env=home)
+    assert res.returncode == 125
+    assert "manifest not found" in res.stderr and "hint:" in res.stderr
