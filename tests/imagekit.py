@@ -255,13 +255,14 @@ class Registry:
 class AuthStub:
     """A registry front on 127.0.0.1 that wants a bearer token (or basic auth).
 
-    mode "open": no authentication (``corrupt`` flips a bit of every blob: a registry or
-    proxy that alters content).  mode "bearer": /v2/… without a token answers 401 with a
-    Bearer challenge whose realm is this server's /token; /token hands out tokens (to
-    anyone, or only to ``user:password`` when given).  mode "basic": /v2/… wants ``Authorization: Basic`` of ``user:password``.
-    Blob GETs are redirected to /cdn/…, which refuses any request that carries an
-    Authorization header (as Docker Hub's CDN does).  Everything else is proxied to the
-    real registry behind.  ``log`` keeps (path, authorization) of every request.
+    mode "open": no authentication (``corrupt`` flips a bit of every blob, as a registry
+    or proxy that alters content would).  mode "bearer": /v2/… without a token answers
+    401 with a Bearer challenge whose realm is this server's /token, which hands out
+    tokens (to anyone, or only to ``user:password`` when given).  mode "basic": /v2/…
+    wants ``Authorization: Basic`` of ``user:password``.  Blob GETs are redirected to
+    /cdn/…, which refuses any request that carries an Authorization header (as Docker
+    Hub's CDN does).  Everything else is proxied to the real registry behind.  ``log``
+    keeps (path, authorization) of every request.
     """
 
     def __init__(self, upstream: str, mode: str = "bearer",
