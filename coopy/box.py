@@ -70,6 +70,7 @@ class RunRequest(NamedTuple):
     nofile: int | None = None
     memory: int | None = None
     cpus: float | None = None
+    setup: tuple[str, ...] = ()  # [sandbox] setup: steps built into layers on the image
     platform: str | None = None  # [image] platform: which image of a multi-platform index
     insecure: bool = False  # [image] insecure: plain HTTP to a registry not on loopback
 
@@ -227,6 +228,18 @@ def run(req: RunRequest) -> int:
     return _with_box(req, RunDir.create, _run_box)
 
 
+def run_prepared(req: RunRequest, after: Callable[[Prepared, int], None]) -> int:
+    """Like :func:`run`, calling ``after(prepared, status)`` before the box dir goes."""
+    from coopy.state import RunDir
+
+    def body(p: Prepared) -> int:
+        status = _run_box(p)
+        after(p, status)
+        return status
+
+    return _with_box(req, RunDir.create, body)
+
+
 def _with_box(
     req: RunRequest, make_dir: Callable[[], RunDir], body: Callable[[Prepared], int],
     keep: bool = False,
@@ -265,6 +278,10 @@ def _with_box(
         record = ensure_image(req.image, facts=facts, idmap=idmap, platform=req.platform,
                               insecure=req.insecure)
         image_layers = layer_paths(record, idmap)
+        if req.setup:
+            from coopy.image.build import ensure_built
+
+            image_layers = ensure_built(req, record, idmap, facts, quiet=True) + image_layers
         check_layer_count(image_layers)
         req = req._replace(env={**image_env(record), **req.env})
 

@@ -100,6 +100,7 @@ def base_entries(probe: Path) -> list[Entry]:
         Entry("./", "dir", mode=0o755),
         Entry("bin/", "dir", mode=0o755),
         Entry("bin/imgprobe", data=probe.read_bytes(), mode=0o755),
+        Entry("bin/sh", "link", "bin/imgprobe"),
         Entry("etc/", "dir", mode=0o755),
         Entry("etc/passwd", data="root:x:0:0:root:/root:/bin/sh\n"
               "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"),

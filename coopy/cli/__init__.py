@@ -23,6 +23,7 @@ VERBS = {
     "kill": ("coopy.cli.kill", "stop a box (SIGTERM, grace, SIGKILL)"),
     "rm": ("coopy.cli.rm", "remove a box and its upper layer"),
     "run": ("coopy.cli.run", "run a command in a new, ephemeral box"),
+    "build": ("coopy.cli.build", "run the image's setup steps, each cached as a layer"),
     "pull": ("coopy.cli.pull", "fetch an image from a registry (verified, layers shared)"),
     "images": ("coopy.cli.images", "list the images in coopy's store"),
     "init": ("coopy.cli.init", "write a commented coop.toml here"),

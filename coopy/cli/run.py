@@ -171,7 +171,17 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         nofile=config.limits.nofile,
         memory=config.limits.memory,
         cpus=config.limits.cpus,
+        setup=_setup_steps(config),
         platform=config.image.platform,
         insecure=config.image.insecure,
     )
     return request, config
+
+
+def _setup_steps(config: Config) -> tuple[str, ...]:
+    """``[sandbox] setup``, which only a pulled image can take (``host`` is read-only)."""
+    if config.sandbox.setup and config.sandbox.image == "host":
+        sys.stderr.write("coopy: warning: [sandbox] setup runs on a pulled image only, not on "
+                         "`host`: ignored\n")
+        return ()
+    return tuple(config.sandbox.setup)

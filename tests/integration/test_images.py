@@ -259,3 +259,52 @@ def test_unknown_image_says_so(box_user: BoxUser, images: Images,
                          cwd=box_user.workspace(), env=home)
     assert res.returncode == 125
     assert "manifest not found" in res.stderr and "hint:" in res.stderr
+
+
+def _project(user: BoxUser, ref: str, setup: list[str]) -> Path:
+    ws = user.workspace()
+    (ws / "coop.toml").write_text(f'[sandbox]\nimage = "{ref}"\nsetup = {json.dumps(setup)}\n')
+    return ws
+
+
+def test_build_caches_each_step(box_user: BoxUser, images: Images,
+                                home: dict[str, str]) -> None:
+    ref = images.ref("test/img:v1")
+    steps = ["imgprobe write /etc/step1 one", "imgprobe write /srv/step2 two"]
+    ws = _project(box_user, ref, steps)
+    res = box_user.coopy("build", cwd=ws, env=home)
+    assert res.returncode == 0, res.stderr
+    assert "step 1/2: imgprobe write /etc/step1 one\n" in res.stderr
+    res = box_user.coopy("run", "--", "/bin/imgprobe", "cat", "/srv/step2", cwd=ws, env=home)
+    assert (res.returncode, res.stdout) == (0, "two"), res.stderr
+    res = box_user.coopy("build", cwd=ws, env=home)
+    assert res.stderr.count("(cached)") == 2, res.stderr
+    # changing step 2 keeps step 1
+    ws2 = _project(box_user, ref, [steps[0], "imgprobe write /srv/step2 deux"])
+    res = box_user.coopy("build", cwd=ws2, env=home)
+    assert "step 1/2: imgprobe write /etc/step1 one (cached)" in res.stderr
+    assert "step 2/2: imgprobe write /srv/step2 deux\n" in res.stderr
+    res = box_user.coopy("run", "--", "/bin/imgprobe", "cat", "/srv/step2", cwd=ws2, env=home)
+    assert res.stdout == "deux"
+    res = box_user.coopy("build", "--no-cache", cwd=ws2, env=home)
+    assert res.returncode == 0 and "(cached)" not in res.stderr, res.stderr
+
+
+def test_failed_step_keeps_nothing(box_user: BoxUser, images: Images,
+                                   home: dict[str, str]) -> None:
+    ref = images.ref("test/img:v1")
+    ws = _project(box_user, ref, ["imgprobe write /etc/ok yes", "imgprobe cat /no/such"])
+    res = box_user.coopy("build", cwd=ws, env=home)
+    assert res.returncode == 125
+    assert "setup step 2 failed with status 1" in res.stderr
+    data = Path(home["COOPY_HOME"]) / "data" / "layers"
+    (mapdir,) = list(data.iterdir())
+    names = [p.name for p in mapdir.iterdir()]
+    assert not [n for n in names if n.startswith(".")]
+    assert len(names) == 3  # two image layers and step 1
+    assert list((Path(home["COOPY_HOME"]) / "state" / "run").iterdir()) == [] or all(
+        p.name.startswith("skel-") for p in (Path(home["COOPY_HOME"]) / "state" / "run")
+        .iterdir())
+    # `coopy` and `coopy run` build what is missing, and stop at the failing step too
+    res = box_user.coopy("run", "--", "/bin/imgprobe", "id", cwd=ws, env=home)
+    assert res.returncode == 125 and "setup step 2 failed" in res.stderr

@@ -6,6 +6,8 @@
  *   imgprobe env NAME     the variable's value
  *   imgprobe write PATH TEXT
  *   imgprobe rm PATH
+ *   sh -c "imgprobe ARGS..."   as /bin/sh: the words of the one command, split on spaces
+ *                              (test images have no shell; `coopy build` runs sh -c STEP)
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -16,6 +18,15 @@
 #include <unistd.h>
 
 int main(int argc, char **argv) {
+    if (argc >= 3 && strcmp(argv[1], "-c") == 0) {
+        static char *words[64];
+        int n = 0;
+        for (char *w = strtok(argv[2], " "); w && n < 63; w = strtok(NULL, " "))
+            words[n++] = w;
+        words[n] = NULL;
+        if (n == 0) return 0;
+        return main(n, words);
+    }
     if (argc >= 3 && strcmp(argv[1], "cat") == 0) {
         char buf[4096];
         ssize_t n;
