@@ -122,6 +122,18 @@ def plan_ids(facts: HostFacts, box_uid: int, box_gid: int, userns: str) -> IdMap
         ) from None
 
 
+def box_ids(facts: HostFacts, name: str | None, userns: str) -> tuple[BoxUser, IdMap | None, str]:
+    """The box's user, its id map, and the host's /etc/passwd they were read from."""
+    from coopy.rootfs import box_user
+
+    try:
+        host_passwd = Path("/etc/passwd").read_text(errors="replace")
+    except OSError:
+        host_passwd = ""
+    user = box_user(facts, name, host_passwd)
+    return user, plan_ids(facts, user.uid, user.gid, userns), host_passwd
+
+
 def check_userns_allowed(facts: HostFacts) -> None:
     """Refuse early, with the sysctl to change, when user namespaces are off."""
     if facts.max_user_namespaces == 0:
@@ -248,19 +260,14 @@ def _with_box(
     from coopy.facts import probe_host
     from coopy.paths import state_dir
     from coopy.plan import BoxSpec, Volume, build_plan, normalize_target
-    from coopy.rootfs import box_user, create_host_layers
+    from coopy.rootfs import create_host_layers
 
     if not req.command:
         raise ConfigError("no command given", hint="coopy run [OPTIONS] -- COMMAND [ARGS…]")
     facts = probe_host()
     if req.userns != "host":
         check_userns_allowed(facts)
-    try:
-        host_passwd = Path("/etc/passwd").read_text(errors="replace")
-    except OSError:
-        host_passwd = ""
-    user = box_user(facts, req.user, host_passwd)
-    idmap = plan_ids(facts, user.uid, user.gid, req.userns)
+    user, idmap, host_passwd = box_ids(facts, req.user, req.userns)
     if idmap is not None and idmap.subordinate and facts.uid != 0 and (
         facts.newuidmap is None or facts.newgidmap is None
     ):
@@ -332,9 +339,9 @@ def _with_box(
 
     for vol in create_vols:
         ensure_private_dir(vol.parent)
+        # Root's on disk, also for boxes of root: their binds are id-mapped (on-disk root
+        # is box root), so a chown to box root's host id would make it nobody's inside.
         vol.mkdir(mode=0o755, exist_ok=True)
-        if owner is not None:
-            os.chown(vol, *owner)
     warning = single_id_warning(facts, idmap) if idmap is not None else None
     if warning:
         warn_once("single-id", warning)
@@ -391,6 +398,8 @@ def _image_layers(box_dir: Path, layers: tuple[str, ...], facts: HostFacts, user
         users.append(user)
     write_box_layer(box_dir / "image-etc", layers, users=users, hostname=hostname, net=net,
                     owner=owner)
+    # What `coopy system prune` must keep while this box exists.
+    (box_dir / "image-layers").write_text("\n".join(layers) + "\n")
     if owner is not None:
         for i in range(len(layers)):
             (box_dir / "lower" / str(i)).mkdir(mode=0o711, parents=True, exist_ok=True)

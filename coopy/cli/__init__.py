@@ -26,6 +26,8 @@ VERBS = {
     "build": ("coopy.cli.build", "run the image's setup steps, each cached as a layer"),
     "pull": ("coopy.cli.pull", "fetch an image from a registry (verified, layers shared)"),
     "images": ("coopy.cli.images", "list the images in coopy's store"),
+    "system": ("coopy.cli.system", "disk use (df) and clean-up (prune) of images and boxes"),
+    "volume": ("coopy.cli.volume", "list or remove named volumes"),
     "init": ("coopy.cli.init", "write a commented coop.toml here"),
     "trust": ("coopy.cli.trust", "approve the nearest coop.toml and what it grants"),
     "doctor": ("coopy.cli.doctor", "check this host and say how to fix what is missing"),

@@ -35,15 +35,12 @@ def parser() -> Parser:
 
 def run(args: argparse.Namespace) -> int:
     """Pull the image if needed, run the steps that are not cached."""
-    from pathlib import Path
-
-    from coopy.box import plan_ids
+    from coopy.box import box_ids
     from coopy.cli.run import build_request
     from coopy.errors import ConfigError
     from coopy.facts import probe_host
     from coopy.image.boxroot import ensure_image
     from coopy.image.build import ensure_built
-    from coopy.rootfs import box_user
 
     args.tty, args.dry_run = False, False
     request, _ = build_request(args, ["true"])
@@ -51,12 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to build: the image is `host`",
                           hint='set [sandbox] image (e.g. "debian:12") and setup in coop.toml')
     facts = probe_host()
-    try:
-        passwd = Path("/etc/passwd").read_text(errors="replace")
-    except OSError:
-        passwd = ""
-    user = box_user(facts, request.user, passwd)
-    idmap = plan_ids(facts, user.uid, user.gid, request.userns)
+    _, idmap, _ = box_ids(facts, request.user, request.userns)
     record = ensure_image(request.image, facts=facts, idmap=idmap, platform=request.platform,
                           insecure=request.insecure)
     layers = ensure_built(request, record, idmap, facts, no_cache=args.no_cache)

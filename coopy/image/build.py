@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,11 +25,12 @@ from typing import TYPE_CHECKING
 from coopy.errors import STATE_FS_HINT, ImageError
 from coopy.facts import HostFacts
 from coopy.idmap import IdMap
-from coopy.image.store import ImageRecord, Store, remove_owned_tree
+from coopy.image.store import ImageRecord, LayerRef, Store, remove_owned_tree
 
 if TYPE_CHECKING:
     from coopy.box import Prepared, RunRequest
 
+STEP_TYPE = "application/vnd.coopy.setup-step"  # a step's layer: a directory, no blob
 BUILD_TARGET = "/tmp/coopy-build"  # the steps' working directory: on the box's /tmp tmpfs
 
 
@@ -59,7 +61,17 @@ def ensure_built(req: RunRequest, record: ImageRecord, idmap: IdMap | None, fact
             continue
         _say(f"step {i + 1}/{len(keys)}: {command}")
         _run_step(req, i, paths[i], idmap, facts)
+    if keys and (first_missing < len(keys) or store.get(built_name(record, keys)) is None):
+        # A record of the chain: `coopy images` lists it, `system prune` keeps its layers.
+        steps = tuple(LayerRef(key, STEP_TYPE, 0) for key in keys)
+        store.save(record._replace(name=built_name(record, keys), layers=record.layers + steps,
+                                   created=time.time(), source="build"))
     return tuple(str(p) for p in reversed(paths))
+
+
+def built_name(record: ImageRecord, keys: Sequence[str]) -> str:
+    """The name a built chain is listed under: ``<image>+<last step key, 12 hex>``."""
+    return f"{record.name}+{keys[-1][7:19]}"
 
 
 def _run_step(req: RunRequest, index: int, dest: Path, idmap: IdMap | None,

@@ -83,6 +83,17 @@ def default_idmap(facts: HostFacts) -> IdMap | None:
     return plan_ids(facts, 0, 0, "auto")
 
 
+def read_map(layers_dir: Path) -> IdMap | None:
+    """The id map a layers directory was made for (its ``map.json``)."""
+    from coopy.idmap import IdRange
+
+    doc = json.loads((layers_dir / "map.json").read_text())
+    if doc is None:
+        return None
+    return IdMap(tuple(IdRange(*r) for r in doc["uids"]), tuple(IdRange(*r) for r in doc["gids"]),
+                 bool(doc["subordinate"]))
+
+
 def map_key(idmap: IdMap | None) -> str:
     """The name of the layer directory for boxes with ``idmap`` (see the module doc)."""
     if idmap is None:
@@ -138,6 +149,11 @@ class Store:
         """
         path = self.root / "layers" / map_key(idmap)
         ensure_private_dir(path, mode=0o711)
+        if not (path / "map.json").exists():  # prune removes layers inside this map
+            doc = None if idmap is None else {
+                "uids": [list(r) for r in idmap.uids], "gids": [list(r) for r in idmap.gids],
+                "subordinate": idmap.subordinate}
+            (path / "map.json").write_text(json.dumps(doc) + "\n")
         return path
 
     def layer_path(self, digest: str, idmap: IdMap | None) -> Path:

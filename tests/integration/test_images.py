@@ -308,3 +308,46 @@ def test_failed_step_keeps_nothing(box_user: BoxUser, images: Images,
     # `coopy` and `coopy run` build what is missing, and stop at the failing step too
     res = box_user.coopy("run", "--", "/bin/imgprobe", "id", cwd=ws, env=home)
     assert res.returncode == 125 and "setup step 2 failed" in res.stderr
+
+
+def test_df_and_prune_keep_what_boxes_use(box_user: BoxUser, images: Images,
+                                          home: dict[str, str]) -> None:
+    img, plain = images.ref("test/img:v1"), images.ref("test/plain:v1")
+    for ref in (img, plain):
+        assert box_user.coopy("pull", ref, env=home).returncode == 0
+    rows = json.loads(box_user.coopy("system", "df", "--json", env=home).stdout)
+    assert {r["name"] for r in rows if r["kind"] == "image"} == {img, plain}
+    assert len([r for r in rows if r["kind"] == "layer"]) == 3
+    # a kept (persistent) box on img: its layers stay through prune --all
+    ws = _project(box_user, img, [])
+    res = box_user.coopy("-d", "-n", "pruneme", "--", "/bin/imgprobe", "id", cwd=ws, env=home)
+    assert res.returncode == 0, res.stderr
+    try:
+        assert box_user.coopy("images", "rm", plain, env=home).returncode == 0
+        res = box_user.coopy("system", "prune", "--all", env=home)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.count("removed layer") == 1  # plain's own layer only
+        assert f"removed image {img}" not in res.stdout
+        res = box_user.coopy("run", "--image", img, "--", "/bin/imgprobe", "cat",
+                             "/srv/owned", cwd=ws, env=home)
+        assert (res.returncode, res.stdout) == (0, "owned\n"), res.stderr
+    finally:
+        assert box_user.coopy("rm", "-f", "pruneme", env=home).returncode == 0
+    assert box_user.coopy("images", "rm", img, env=home).returncode == 0
+    res = box_user.coopy("system", "prune", env=home)
+    assert res.stdout.count("removed layer") == 2, res.stdout  # subordinate-owned files too
+    layers = Path(home["COOPY_HOME"]) / "data" / "layers"
+    assert [p.name for m in layers.iterdir() for p in m.iterdir()] == ["map.json"]
+
+
+def test_named_volume_ls_rm(box_user: BoxUser, images: Images, home: dict[str, str]) -> None:
+    ws = box_user.workspace()
+    res = box_user.coopy("run", "--image", images.ref("test/img:v1"), "-v", "cache:/cache",
+                         "--", "/bin/imgprobe", "write", "/cache/x", "y", cwd=ws, env=home)
+    assert res.returncode == 0, res.stderr
+    listed = json.loads(box_user.coopy("volume", "ls", "--json", env=home).stdout)
+    assert [v["name"] for v in listed] == ["cache"] and listed[0]["bytes"] > 0
+    assert box_user.coopy("volume", "rm", "cache", env=home).returncode == 0
+    assert json.loads(box_user.coopy("volume", "ls", "--json", env=home).stdout) == []
+    res = box_user.coopy("volume", "rm", "cache", env=home)
+    assert res.returncode == 125 and "no volume named 'cache'" in res.stderr
