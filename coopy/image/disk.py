@@ -61,38 +61,45 @@ def box_dirs() -> list[Path]:
     return out
 
 
-def layers_in_use() -> set[str]:
-    """Layer directories that some box stacks (its ``image-layers``)."""
-    used: set[str] = set()
+def _box_texts(name: str) -> list[str]:
+    """The file ``name`` of every box directory that has one."""
+    out = []
     for box in box_dirs():
         try:
-            used.update(line for line in (box / "image-layers").read_text().splitlines()
-                        if line)
+            out.append((box / name).read_text())
         except OSError:
             continue
-    return used
+    return out
+
+
+def _box_records() -> list[dict[str, object]]:
+    out = []
+    for text in _box_texts("box.json"):
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            out.append(doc)
+    return out
+
+
+def layers_in_use() -> set[str]:
+    """Layer directories that some box stacks (its ``image-layers``)."""
+    return {line for text in _box_texts("image-layers") for line in text.splitlines() if line}
 
 
 def images_in_use() -> set[str]:
     """Image names that persistent boxes were made with."""
-    names: set[str] = set()
-    for box in box_dirs():
-        try:
-            names.add(str(json.loads((box / "box.json").read_text())["image"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return names
+    return {str(doc.get("image")) for doc in _box_records()}
 
 
 def volumes_in_use() -> set[str]:
     """Named volumes that persistent boxes mount (``NAME:/target``)."""
     names: set[str] = set()
-    for box in box_dirs():
-        try:
-            mounts = json.loads((box / "box.json").read_text()).get("mounts", [])
-        except (OSError, ValueError, AttributeError):
-            continue
-        for spec in mounts:
+    for doc in _box_records():
+        mounts = doc.get("mounts")
+        for spec in mounts if isinstance(mounts, list) else []:
             source = str(spec).split(":", 1)[0]
             if source and "/" not in source and not source.startswith(("~", ".")):
                 names.add(source)
