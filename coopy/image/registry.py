@@ -365,7 +365,8 @@ class Client:
                 raise ImageError(f"{self.ref}: blob {digest} arrived with digest {got}",
                                  hint="the registry (or something between) altered it; it "
                                  "was discarded, run the pull again")
-            os.fsync(fd)
+            # No fsync: a layer blob lives only until it is unpacked (and the unpacked tree
+            # is not synced either); a crash loses a pull, which the next one redoes.
             os.rename(part, dest)
 
     def _fetch_into(self, out: Any, digest: str, size: int | None,

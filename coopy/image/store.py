@@ -513,7 +513,12 @@ def install_layers(store: Store, layers: Iterable[LayerRef], idmap: IdMap | None
     store.layers_dir(idmap)
     jobs = [UnpackJob(store.blob_path(layer.digest), compression_of(layer.media_type),
                       store.layer_path(layer.digest, idmap)) for layer in todo]
-    unpack_layers(jobs, idmap, facts)
+    try:
+        unpack_layers(jobs, idmap, facts)
+    except ImageError:
+        for job in jobs:  # a damaged blob (say, after a crash) is fetched again next time
+            job.blob.unlink(missing_ok=True)
+        raise
     for job in jobs:
         # The unpacked tree is what boxes use: the blob would only double the disk used.
         # (Another id map needs the layer again: the pull fetches it again.)
