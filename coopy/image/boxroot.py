@@ -29,6 +29,10 @@ def ensure_image(name: str, *, facts: HostFacts, idmap: IdMap | None,
     """The store's record of ``name``, pulled (or unpacked for this map) when missing."""
     from coopy.image.ref import parse_reference
 
+    if name.startswith("oci:"):
+        from coopy.image.local import import_oci
+
+        return import_oci(name, facts=facts, idmap=idmap, platform=platform)
     store = Store()
     full = str(parse_reference(name))
     record = store.get(full)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,32 @@ def test_named_volume_ls_rm(box_user: BoxUser, images: Images, home: dict[str, s
     assert json.loads(box_user.coopy("volume", "ls", "--json", env=home).stdout) == []
     res = box_user.coopy("volume", "rm", "cache", env=home)
     assert res.returncode == 125 and "no volume named 'cache'" in res.stderr
+
+
+def test_oci_layout_archive_and_docker_save(box_user: BoxUser, images: Images,
+                                            home: dict[str, str]) -> None:
+    layout = images.layout.path
+    ws = box_user.workspace()
+    src = f"oci:{layout}:img"
+    assert "VERSION_ID=\"2\"" in run_probe(box_user, home, src, "cat", "/etc/os-release")
+    # the same layout as one tarball (what `skopeo copy … oci-archive:` writes)
+    archive = ws / "img.tar"
+    subprocess.run(["tar", "-C", str(layout), "-cf", str(archive), "."], check=True)
+    assert run_probe(box_user, home, f"oci:{archive}:img", "ls", "/var/lib/old") == "c\n"
+    # the older `docker save` form: manifest.json naming <id>/layer.tar files
+    save = ws / "save"
+    (save / "l1").mkdir(parents=True)
+    probe = probe_binary(WORK_BASE / "images-session")
+    (save / "l1" / "layer.tar").write_bytes(tar_bytes(base_entries(probe)))
+    (save / "cfg.json").write_text(json.dumps({"os": "linux", "architecture": "amd64",
+                                               "config": {"Env": ["FROM=save"]}}))
+    (save / "manifest.json").write_text(json.dumps([{"Config": "cfg.json",
+                                                     "RepoTags": ["t:1"],
+                                                     "Layers": ["l1/layer.tar"]}]))
+    subprocess.run(["tar", "-C", str(save), "-cf", str(ws / "save.tar"), "."], check=True)
+    assert run_probe(box_user, home, f"oci:{ws / 'save.tar'}", "env", "FROM") == "save\n"
+    listed = {i["name"]: i for i in json.loads(box_user.coopy("images", "--json",
+                                                              env=home).stdout)}
+    assert listed[src]["source"] == "oci" and listed[src]["layers"] == 2
+    res = box_user.coopy("run", "--image", f"oci:{layout}:nope", "--", "true", cwd=ws, env=home)
+    assert res.returncode == 125 and "no image tagged nope" in res.stderr

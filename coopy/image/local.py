@@ -1,0 +1,210 @@
+"""Images from local files: ``oci:PATH[:TAG]``, an OCI image layout directory, or a tarball
+of one (``skopeo copy … oci-archive:``, ``docker save`` of Docker 25+), or a ``docker save``
+tarball of the older form (``manifest.json`` naming ``<id>/layer.tar`` files).
+
+The layout is read as the registry's answers are: index → (platform) → manifest →
+config and layers, every blob's sha256 checked against its descriptor.  Layers are
+unpacked into the store by the same hardened extractor, in the box's user namespace;
+the source files are never modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from coopy.errors import ImageError
+from coopy.facts import HostFacts
+from coopy.idmap import IdMap
+from coopy.image.layer import LayerError, normalize, sniff_compression
+from coopy.image.store import (
+    ImageRecord,
+    LayerRef,
+    Store,
+    UnpackJob,
+    choose_manifest,
+    unpack_layers,
+)
+
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def split_source(name: str) -> tuple[Path, str | None]:
+    """``oci:PATH[:TAG]`` → (real path, tag or None)."""
+    rest = name[len("oci:"):]
+    path, tag = rest, None
+    if ":" in rest and not os.path.exists(rest):
+        path, tag = rest.rsplit(":", 1)
+    return Path(path).expanduser().resolve(), tag
+
+
+def import_oci(name: str, *, facts: HostFacts, idmap: IdMap | None,
+               platform: str | None = None) -> ImageRecord:
+    """The store's record of ``oci:…``, unpacked for ``idmap`` (read again each time:
+    the file may have changed; unchanged layers are not unpacked again)."""
+    path, tag = split_source(name)
+    if not path.exists():
+        raise ImageError(f"{name}: {path} does not exist",
+                         hint="oci:PATH[:TAG] names an OCI layout directory or a tarball")
+    if path.is_dir():
+        return _from_layout(name, path, tag, facts, idmap, platform)
+    # An archive is unpacked again only when it changed (size and mtime).
+    st = path.stat()
+    stamp = f"oci-archive:{st.st_size}:{st.st_mtime_ns}"
+    store = Store()
+    known = store.get(name)
+    if known is not None and known.source == stamp and _unpacked(store, known, idmap):
+        return known
+    with tempfile.TemporaryDirectory(prefix="coopy-oci-") as tmp:
+        _unpack_archive(path, Path(tmp))
+        if (Path(tmp) / "index.json").exists():
+            record = _from_layout(name, Path(tmp), tag, facts, idmap, platform)
+        else:
+            record = _from_docker_save(name, Path(tmp), tag, facts, idmap)
+    record = record._replace(source=stamp)
+    store.save(record)
+    return record
+
+
+def _unpacked(store: Store, record: ImageRecord, idmap: IdMap | None) -> bool:
+    return all(store.layer_path(layer.digest, idmap).is_dir() for layer in record.layers)
+
+
+def _unpack_archive(path: Path, dest: Path) -> None:
+    """The archive's regular files under ``dest`` (names checked; nothing else made)."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if not member.isreg():
+                    continue
+                parts = normalize(member.name)
+                if not parts:
+                    continue
+                target = dest.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(member)
+                assert src is not None
+                with src, open(target, "xb") as out:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+    except (tarfile.TarError, LayerError, OSError) as exc:
+        raise ImageError(f"{path}: not a readable image archive: {exc}") from None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{what}: {exc}") from None
+
+
+def _blob(layout: Path, desc: Any) -> Path:
+    from coopy.image.ref import check_digest
+
+    if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str):
+        raise ImageError(f"{layout}: a descriptor without a digest")
+    digest = check_digest(desc["digest"])
+    path = layout / "blobs" / "sha256" / digest[7:]
+    _verify(path, digest)
+    return path
+
+
+def _verify(path: Path, digest: str) -> None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError as exc:
+        raise ImageError(f"{path}: {exc.strerror}") from None
+    if "sha256:" + h.hexdigest() != digest:
+        raise ImageError(f"{path} does not match its digest {digest}",
+                         hint="the layout is damaged: copy the image again")
+
+
+def _from_layout(name: str, layout: Path, tag: str | None, facts: HostFacts,
+                 idmap: IdMap | None, platform: str | None) -> ImageRecord:
+    from coopy.image.ref import host_platform, parse_platform
+
+    index = _read_json(layout / "index.json", f"{layout}/index.json")
+    entries = [m for m in index.get("manifests", []) if isinstance(m, dict)]
+    if tag is not None:
+        entries = [m for m in entries if (m.get("annotations") or {})
+                   .get("org.opencontainers.image.ref.name") == tag]
+    if len(entries) != 1:
+        have = [str((m.get("annotations") or {}).get("org.opencontainers.image.ref.name"))
+                for m in index.get("manifests", []) if isinstance(m, dict)]
+        raise ImageError(f"{name}: {'no' if not entries else 'more than one'} image "
+                         f"{'tagged ' + tag if tag else 'in the layout'}",
+                         hint=f"name one: oci:{layout}:TAG (tags: {', '.join(have)})")
+    desc = entries[0]
+    doc = _read_json(_blob(layout, desc), f"{name}: manifest")
+    if "manifests" in doc:
+        want = parse_platform(platform) if platform else host_platform()
+        desc = choose_manifest(doc, want, name)
+        doc = _read_json(_blob(layout, desc), f"{name}: manifest")
+    known = Store().get(name)
+    if known is not None and known.digest == desc["digest"] and \
+            _unpacked(Store(), known, idmap):
+        return known  # the same manifest, already unpacked: its layers were verified then
+    config = _read_json(_blob(layout, doc.get("config")), f"{name}: config")
+    layers = [(_blob(layout, d), str(d.get("mediaType", "")), str(d["digest"]))
+              for d in doc.get("layers", [])]
+    return _install(name, str(desc["digest"]), str(doc["config"]["digest"]), config,
+                    layers, facts, idmap)
+
+
+def _from_docker_save(name: str, root: Path, tag: str | None, facts: HostFacts,
+                      idmap: IdMap | None) -> ImageRecord:
+    manifest = _read_json(root / "manifest.json", f"{name}: manifest.json (docker save)")
+    entries = [m for m in manifest if isinstance(m, dict)] if isinstance(manifest, list) else []
+    if tag is not None:
+        entries = [m for m in entries if any(str(t).endswith(":" + tag) or t == tag
+                                             for t in m.get("RepoTags") or ())]
+    if len(entries) != 1:
+        raise ImageError(f"{name}: {'no' if not entries else 'more than one'} image in the "
+                         "archive", hint="name one: oci:FILE:TAG")
+    entry = entries[0]
+    config_path = root.joinpath(*normalize(str(entry["Config"])))
+    config = _read_json(config_path, f"{name}: config")
+    layers = []
+    for rel in entry.get("Layers", []):
+        blob = root.joinpath(*normalize(str(rel)))
+        digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+        layers.append((blob, "", digest))
+    config_digest = "sha256:" + hashlib.sha256(config_path.read_bytes()).hexdigest()
+    return _install(name, config_digest, config_digest, config, layers, facts, idmap)
+
+
+def _install(name: str, digest: str, config_digest: str, config: Any,
+             layers: list[tuple[Path, str, str]], facts: HostFacts,
+             idmap: IdMap | None) -> ImageRecord:
+    from coopy.image.layer import compression_of
+
+    store = Store()
+    store.ensure()
+    store.layers_dir(idmap)
+    refs: list[LayerRef] = []
+    jobs: list[UnpackJob] = []
+    for blob, media, layer_digest in layers:
+        with open(blob, "rb") as f:
+            sniffed = sniff_compression(f.read(4))
+        compression = compression_of(media) if media else sniffed
+        refs.append(LayerRef(layer_digest, media or OCI_LAYER, blob.stat().st_size))
+        dest = store.layer_path(layer_digest, idmap)
+        if not dest.is_dir() and dest not in [j.dest for j in jobs]:
+            jobs.append(UnpackJob(blob, compression, dest))
+    unpack_layers(jobs, idmap, facts)
+    conf = config.get("config") if isinstance(config, dict) else None
+    env = (conf or {}).get("Env") or () if isinstance(conf, dict) else ()
+    record = ImageRecord(name=name, digest=digest, config=config_digest, layers=tuple(refs),
+                         platform=f"{config.get('os', '?')}/{config.get('architecture', '?')}",
+                         created=time.time(), env=tuple(str(e) for e in env), source="oci")
+    store.save(record)
+    return record
