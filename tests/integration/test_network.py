@@ -430,3 +430,48 @@ def _ppid(pid: str) -> int:
     with contextlib.suppress(OSError):
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     return -1
+
+
+def test_persistent_box_publishes_and_ls_shows_it(box_user: BoxUser) -> None:
+    """A keeper's box: the port works, `ls` names it, and killing the keeper -9 takes the
+    NAT helper along (nothing left listening)."""
+    import json
+
+    port, name = _free_port(), f"net-{uuid.uuid4().hex[:6]}"
+    ws = box_user.workspace()
+    server = ("import socket\nt=socket.socket();t.bind(('0.0.0.0',8000));t.listen()\n"
+              "while True:\n c,_=t.accept();c.sendall(b'kept');c.close()\n")
+    res = box_user.coopy("-d", "-n", name, "-p", f"{port}:8000", "--", "python3", "-c", server,
+                         cwd=ws)
+    assert res.returncode == 0, res.stderr
+    try:
+        got = b""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and got != b"kept":
+            with contextlib.suppress(OSError), \
+                    socket.create_connection(("127.0.0.1", port), timeout=2) as c:
+                got = c.recv(16)
+            time.sleep(0.1)
+        assert got == b"kept"
+        info = {b["name"]: b for b in json.loads(box_user.coopy("ls", "--json").stdout)}[name]
+        assert info["network"] == "private"
+        assert info["ports"] == [f"127.0.0.1:{port}->8000/tcp"]
+        assert f"ports 127.0.0.1:{port}->8000/tcp" in box_user.coopy("ls").stdout
+        os.kill(int(info["pid"]), 9)  # the keeper
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _port_free(port):
+            time.sleep(0.05)
+        assert _port_free(port), "the NAT helper outlived its keeper"
+    finally:
+        box_user.coopy("kill", "-f", name)
+        box_user.coopy("rm", "-f", name)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
