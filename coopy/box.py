@@ -60,6 +60,7 @@ class RunRequest(NamedTuple):
     user: str | None = None
     net: str = "none"
     ports: tuple[PortMap, ...] = ()  # published in the private mode
+    allow: tuple[str, ...] = ()  # the allow mode's names, IPs and CIDRs
     net_backend: str = "auto"  # private: "pasta", "slirp4netns" or whichever is found
     userns: str = "auto"
     shm_size: int | None = None
@@ -349,6 +350,11 @@ def _with_box(
         spec = spec_for(str(rundir.path), str(skel))
         if network is not None:
             network = network._replace(log_path=str(rundir.path / "net.log"))
+            if network.backend == "proxy":
+                from coopy.proxy import write_allow_file
+
+                network = network._replace(allow_path=str(rundir.path / "allow"))
+                write_allow_file(network.allow_path, req.allow)
         prepared = Prepared(req, facts, spec, build_plan(spec, facts), idmap, user,
                             rundir.path, network)
         return body(prepared)
@@ -456,6 +462,10 @@ def build_launch(p: Prepared, tty: bool, stdio: tuple[int, int, int]) -> Launch:
                          "which this host does not give: not applied (`coopy doctor`)\n")
     env = build_env(os.environ, req.env, home=user.home, user=user.name,
                     hostname=spec.hostname)
+    if req.net == "allow":
+        from coopy.net import proxy_env
+
+        env.update(proxy_env())
     root_box = facts.uid == 0 and idmap is not None
     ws_idmap = None
     if root_box and idmap is not None and user.uid != 0:

@@ -162,6 +162,9 @@ def resolv_conf(mode: str, resolv: str | None, resolved: str | None,
     """The box's /etc/resolv.conf for ``mode``."""
     if mode == "host" and resolv:
         return resolv
+    if mode == "allow":
+        return ("# coopy: no DNS in this box (--net allow): HTTP_PROXY/HTTPS_PROXY name the\n"
+                "# proxy, which resolves the allowed names on the host\n")
     if mode != "private" or resolv is None:
         return f"# coopy: this box has no direct network (--net {mode})\n"
     usable = usable_resolvers(resolv, resolved)
@@ -194,6 +197,7 @@ class NetSetup(NamedTuple):
     dns_forward: str | None = None  # pasta: the box's resolver address it forwards
     log_path: str = "/dev/null"  # the helper's stderr
     blocked: tuple[str, ...] = BLOCKED  # prefixes made unreachable inside the box
+    allow_path: str = ""  # mode allow: the allowlist file the proxy reads (coopy.proxy)
 
 
 def find_backend(preference: str, path: str | None = None) -> tuple[str, str]:
@@ -235,6 +239,8 @@ def check_tun(device: str = "/dev/net/tun") -> None:
 def plan_network(mode: str, backend: str, ports: Sequence[PortMap], log_path: str,
                  dns_forward: str | None) -> NetSetup | None:
     """Probe for a helper and the device it needs; None for modes without one."""
+    if mode == "allow" and not ports:
+        return NetSetup("proxy", "", (), None, log_path, ())
     if mode != "private":
         if ports:
             raise ConfigError(
@@ -349,6 +355,8 @@ class Helper:
         import select
 
         # pasta writes its pid (-P), slirp4netns "1" (--ready-fd); EOF: it died.
+        if self.ready_r < 0:
+            return  # the proxy: its listening socket exists before the box's command
         if not select.select([self.ready_r], [], [], timeout)[0]:
             raise self._failed(f"did not get ready in {timeout:.0f} s")
         data = os.read(self.ready_r, 64)
@@ -448,6 +456,59 @@ def start_helper(setup: NetSetup, box_pid: int) -> Helper:
     os.close(ready_w)
     os.close(exit_r)
     return Helper(setup, pid, ready_r, exit_w, api)
+
+
+def proxy_listener() -> socket.socket:
+    """The allow mode's proxy socket, made by the box's PID 1 in the box's namespace."""
+    from coopy.proxy import PORT
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", PORT))
+    s.listen(128)
+    return s
+
+
+def proxy_env() -> dict[str, str]:
+    """What points a box's tools at the proxy (curl, pip, npm, git, Python, Node…)."""
+    from coopy.proxy import PORT
+
+    url = f"http://127.0.0.1:{PORT}"
+    out = {}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        out[name] = out[name.lower()] = url
+    out["NO_PROXY"] = out["no_proxy"] = "localhost,127.0.0.1,::1"
+    return out
+
+
+def start_proxy(setup: NetSetup, listen_fd: int) -> Helper:
+    """Fork the allow mode's proxy serving ``listen_fd`` (a socket in the box's netns)."""
+    from coopy import syscalls as sc
+
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the proxy process
+        code = 1
+        try:
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:
+                os._exit(1)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            for name in os.listdir("/proc/self/fd"):  # P's terminal, sockets, pidfds…
+                if int(name) > 2 and int(name) != listen_fd:
+                    with contextlib.suppress(OSError):
+                        os.close(int(name))
+            from coopy.proxy import serve
+
+            serve(listen_fd, setup.allow_path, setup.log_path)
+            code = 0
+        finally:
+            os._exit(code)
+    return Helper(setup, pid, -1, -1, None)
 
 
 # ---- routes inside the box ----------------------------------------------------------------

@@ -158,14 +158,25 @@ def start(launch: Launch) -> Started:
             msg, _ = _recv(ours)
         if msg.startswith(b"B"):
             init_pidfd = os.pidfd_open(int(msg[1:]))
-            if launch.network is not None:  # 4a: in parallel with B's plan
+            if launch.network is not None and launch.network.backend == "proxy":
+                from coopy.net import start_proxy
+
+                msg, fds = _recv(ours)  # "L": the proxy's socket in the box's netns
+                if msg == b"L" and fds:
+                    try:
+                        helper = start_proxy(launch.network, fds[0])
+                    finally:
+                        os.close(fds[0])
+            elif launch.network is not None:  # 4a: in parallel with B's plan
                 from coopy.net import start_helper
 
                 helper = start_helper(launch.network, int(msg[1:]))
             msg, fds = _recv(ours)
             if msg == b"T" and fds:
                 master = fds[0]
-            if helper is not None and msg in (b"T", b"-"):
+            if launch.network is not None and msg in (b"T", b"-"):
+                if helper is None:
+                    raise SetupError("the box's network proxy could not be started")
                 helper.wait_ready()
                 ours.send(b"N")  # 4b
         error = _read_all(err_r)
@@ -422,6 +433,12 @@ def _child_b(launch: Launch, sock: socket.socket, trees: Trees, init_fd: int) ->
         bring_up_loopback()
         if launch.network is not None:
             block_routes(launch.network.blocked)
+            if launch.network.backend == "proxy":
+                from coopy.net import proxy_listener
+
+                listener = proxy_listener()
+                socket.send_fds(sock, [b"L"], [listener.fileno()])
+                listener.close()
     apply_plan(launch.plan, trees, userxattr=launch.userxattr, attach_at=launch.attach_at)
     try:
         os.chdir(launch.cwd)

@@ -61,9 +61,13 @@ def add_box_options(p: Parser) -> None:
     p.add_argument("--hostname", help="the box's hostname (default: the workspace's name)")
     p.add_argument("--user", metavar="NAME",
                    help="run as a named non-root user (default: root of the box)")
-    p.add_argument("--net", choices=("private", "none", "host"),
+    p.add_argument("--net", choices=("private", "none", "host", "allow"),
                    help="private: own network with outbound NAT through pasta or "
-                   "slirp4netns (default); none: loopback only; host: the host's network")
+                   "slirp4netns (default); none: loopback only; host: the host's network; "
+                   "allow: only the names given with --allow, through a proxy")
+    p.add_argument("--allow", metavar="NAME", action="append", default=[],
+                   help="with --net allow: a domain, *.suffix, IP or CIDR to admit; "
+                   "repeatable, adds to [network] allow")
     p.add_argument("-p", "--publish", metavar="[IP:]HOST:BOX[/udp]", action="append",
                    default=[], help="publish a box port on the host (private network; "
                    "the host side binds 127.0.0.1 unless IP is given); repeatable")
@@ -141,11 +145,6 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         elif key in os.environ:
             env[key] = os.environ[key]
     net = config.network.mode
-    if net == "allow":
-        raise ConfigError(
-            "network mode 'allow' (an allowlisting proxy) is not available in this release",
-            hint="use --net private, none or host",
-        )
     ports = _ports(config, [str(p) for p in getattr(args, "publish", [])], net)
     try:
         shm = parse_size(args.shm_size) if args.shm_size else None
@@ -164,6 +163,7 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         user=config.sandbox.user,
         net=net,
         ports=ports,
+        allow=tuple(config.network.allow) + tuple(getattr(args, "allow", None) or ()),
         net_backend=config.network.backend,
         userns=args.userns,
         shm_size=shm,

@@ -475,3 +475,169 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+# ---- the allow mode: a proxy that admits listed names only --------------------------------
+
+HOSTS = ("127.0.0.1 localhost\n10.77.1.1 pypi.test evil.test\n127.0.0.1 rebind.test\n"
+         f"{METADATA} meta.test\n")
+
+FETCH = r"""
+import json, os, ssl, sys, urllib.error, urllib.request
+out = {}
+for url in sys.argv[1:]:
+    ctx = ssl.create_default_context(cafile="test-ca.pem") if url.startswith("https") else None
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=ctx) as r:
+            out[url] = r.read().decode()
+    except urllib.error.HTTPError as e:
+        out[url] = f"HTTP {e.code} {e.read().decode().strip()}"
+    except Exception as e:
+        out[url] = f"ERR {e}"
+print(json.dumps(out))
+"""
+
+
+class HttpServer:
+    """A one-response-per-connection HTTP(S) server in a namespace the test made."""
+
+    def __init__(self, netns: str, addr: str, body: bytes, tls: tuple[Path, Path] | None = None
+                 ) -> None:
+        import ssl
+
+        self.sock = _socket_in(netns, udp=False)
+        self.sock.bind((addr, 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.body, self.hits = body, 0
+        self.ctx = None
+        if tls:
+            self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with contextlib.suppress(OSError), conn:
+                c = self.ctx.wrap_socket(conn, server_side=True) if self.ctx else conn
+                c.settimeout(10)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = c.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.hits += 1
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                          % len(self.body) + self.body)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def web(lan: Lan, tmp_path: Path) -> Iterator[tuple[HttpServer, HttpServer, Path]]:
+    """Plain and TLS (self-signed for pypi.test) servers upstream, and the certificate."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=pypi.test",
+                    "-addext", "subjectAltName=DNS:pypi.test"], check=True, capture_output=True,
+                   timeout=60)
+    plain = HttpServer(lan.upstream, UPSTREAM, b"upstream")
+    tls = HttpServer(lan.upstream, UPSTREAM, b"tls-upstream", (cert, key))
+    yield plain, tls, cert
+    plain.close()
+    tls.close()
+
+
+def allow_workspace(user: BoxUser, cert: Path, tmp_path: Path) -> tuple[Path, str]:
+    ws = user.workspace()
+    import shutil
+
+    shutil.copy(cert, ws / "test-ca.pem")
+    os.chmod(ws / "test-ca.pem", 0o644)
+    hosts = tmp_path / "hosts"
+    hosts.write_text(HOSTS)
+    os.chmod(tmp_path, 0o755)
+    os.chmod(hosts, 0o644)
+    return ws, f"mount --bind {hosts} /etc/hosts"
+
+
+def test_allow_admits_listed_names_only(box_user: BoxUser, lan: Lan, web: tuple[
+        HttpServer, HttpServer, Path], tmp_path: Path) -> None:
+    plain, tls, cert = web
+    ws, setup = allow_workspace(box_user, cert, tmp_path)
+    urls = [f"http://pypi.test:{plain.port}/", f"https://pypi.test:{tls.port}/",
+            f"http://evil.test:{plain.port}/", f"http://rebind.test:{plain.port}/",
+            "http://meta.test/latest/meta-data/"]
+    allow = ["--allow", "pypi.test", "--allow", "10.77.0.0/16", "--allow", "rebind.test",
+             "--allow", "meta.test"]
+    res = in_lan(box_user, lan, ["run", "--net", "allow", *allow, "--", "python3", "-c",
+                                 FETCH + "\nimport socket\ntry:\n socket.create_connection("
+                                 f"('{UPSTREAM}', {plain.port}), timeout=3)\n print('DIRECT')\n"
+                                 "except OSError as e:\n print('no route:', e)\n", *urls],
+                 ws, setup=setup)
+    assert res.returncode == 0, res.stderr
+    import json
+
+    lines = res.stdout.splitlines()
+    got = json.loads(lines[0])
+    assert got[urls[0]] == "upstream"
+    assert got[urls[1]] == "tls-upstream"  # tunnelled: the box verified pypi.test's own cert
+    assert got[urls[2]].startswith("HTTP 403 coopy: evil.test is not in the allowlist")
+    assert got[urls[3]].startswith("HTTP 403 coopy: rebind.test resolves to 127.0.0.1, a "
+                                   "loopback or link-local address")
+    assert got[urls[4]].startswith(f"HTTP 403 coopy: meta.test resolves to {METADATA}")
+    assert lines[1].startswith("no route:")
+    assert plain.hits == 1 and tls.hits == 1
+
+
+def test_allow_private_addresses_need_their_cidr(box_user: BoxUser, lan: Lan, web: tuple[
+        HttpServer, HttpServer, Path], tmp_path: Path) -> None:
+    plain, _, cert = web
+    ws, setup = allow_workspace(box_user, cert, tmp_path)
+    url = f"http://pypi.test:{plain.port}/"
+    res = in_lan(box_user, lan, ["run", "--net", "allow", "--allow", "pypi.test", "--",
+                                 "python3", "-c", FETCH, url], ws, setup=setup)
+    assert res.returncode == 0, res.stderr
+    assert "a private address not listed as an IP or CIDR" in res.stdout
+    assert plain.hits == 0
+
+
+def test_allow_grows_on_a_running_box_and_logs_denials(box_user: BoxUser, lan: Lan, web: tuple[
+        HttpServer, HttpServer, Path], tmp_path: Path) -> None:
+    import json
+
+    plain, _, cert = web
+    ws, setup = allow_workspace(box_user, cert, tmp_path)
+    name = f"allow-{uuid.uuid4().hex[:6]}"
+    res = in_lan(box_user, lan, ["-d", "-n", name, "--net", "allow", "--allow", "pypi.test",
+                                 "--allow", "10.77.0.0/16", "--", "sleep", "1000"],
+                 ws, setup=setup)
+    assert res.returncode == 0, res.stderr
+    url = f"http://evil.test:{plain.port}/"
+    try:
+        def fetch() -> str:
+            r = box_user.coopy("exec", name, "--", "python3", "-c", FETCH, url, cwd=ws)
+            assert r.returncode == 0, r.stderr
+            return str(json.loads(r.stdout)[url])
+
+        assert fetch().startswith("HTTP 403")
+        assert "DENY GET evil.test" in box_user.coopy("logs", "--net", name).stdout
+        bad = box_user.coopy("allow", name, "not a name")
+        assert bad.returncode == 125 and "not a domain" in bad.stderr
+        added = box_user.coopy("allow", name, "evil.test")
+        assert added.returncode == 0, added.stderr
+        assert fetch() == "upstream"
+        assert "ALLOW GET evil.test" in box_user.coopy("logs", "--net", name).stdout
+    finally:
+        box_user.coopy("kill", "-f", name)
+        box_user.coopy("rm", "-f", name)
