@@ -18,7 +18,7 @@ from coopy.errors import ImageError
 from coopy.facts import HostFacts
 from coopy.idmap import IdMap
 from coopy.image.store import ImageRecord, Store, install_layers, pull, say
-from coopy.rootfs import BoxUser, build_hosts, build_resolv_conf
+from coopy.rootfs import BoxUser, build_hosts
 
 MOUNT_POINTS = (("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("tmp", 0o1777),
                 ("run", 0o755), ("etc", 0o755), ("root", 0o700))
@@ -88,7 +88,7 @@ def merge_accounts(image_text: str, entries: Sequence[str], fields: int) -> str:
 
 
 def write_box_layer(path: Path, layers: Sequence[str], *, users: Sequence[BoxUser],
-                    hostname: str, net: str, owner: tuple[int, int] | None) -> None:
+                    hostname: str, resolv: str, owner: tuple[int, int] | None) -> None:
     """Write the box's own layer at ``path`` (see the module doc)."""
     path.mkdir(mode=0o755)
     for name, mode in MOUNT_POINTS:
@@ -110,7 +110,7 @@ def write_box_layer(path: Path, layers: Sequence[str], *, users: Sequence[BoxUse
         "group": merge_accounts(image_group, group_entries, 4),
         "hosts": build_hosts(hostname),
         "hostname": hostname + "\n",
-        "resolv.conf": build_resolv_conf(net, _host_text("/etc/resolv.conf")),
+        "resolv.conf": resolv,
     }
     for name, text in files.items():
         fd = os.open(etc / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
@@ -134,14 +134,6 @@ def _in_image(layers: Sequence[str], program: str) -> bool:
             if os.path.lexists(os.path.join(layer, candidate)):
                 return True
     return False
-
-
-def _host_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 def image_env(record: ImageRecord) -> dict[str, str]:

@@ -85,6 +85,7 @@ def _run_step(req: RunRequest, index: int, dest: Path, idmap: IdMap | None,
     step = req._replace(
         command=("/bin/sh", "-c", req.setup[index]), setup=req.setup[:index], tty=False,
         workspace=workspace, workspace_target=BUILD_TARGET, mounts=(), dry_run=False,
+        ports=(),  # a step publishes nothing (the box it builds for may)
     )
 
     def keep_upper(p: Prepared, status: int) -> None:
