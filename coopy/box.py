@@ -288,7 +288,7 @@ def _with_box(
         from coopy.image.boxroot import check_layer_count, ensure_image, image_env, layer_paths
 
         record = ensure_image(req.image, facts=facts, idmap=idmap, platform=req.platform,
-                              insecure=req.insecure)
+                              insecure=req.insecure, workspace=req.workspace)
         image_layers = layer_paths(record, idmap)
         if req.setup:
             from coopy.image.build import ensure_built

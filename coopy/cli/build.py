@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     facts = probe_host()
     _, idmap, _ = box_ids(facts, request.user, request.userns)
     record = ensure_image(request.image, facts=facts, idmap=idmap, platform=request.platform,
-                          insecure=request.insecure)
+                          insecure=request.insecure, workspace=request.workspace)
     layers = ensure_built(request, record, idmap, facts, no_cache=args.no_cache)
     print(f"{record.name}: {len(record.layers)} layers + {len(layers)} setup steps, ready")
     return 0

@@ -25,10 +25,20 @@ MOUNT_POINTS = (("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("tmp", 0o1777)
 
 
 def ensure_image(name: str, *, facts: HostFacts, idmap: IdMap | None,
-                 platform: str | None = None, insecure: bool = False) -> ImageRecord:
-    """The store's record of ``name``, pulled (or unpacked for this map) when missing."""
+                 platform: str | None = None, insecure: bool = False,
+                 workspace: Path | None = None) -> ImageRecord:
+    """The store's record of ``name``, pulled (or unpacked for this map) when missing.
+
+    ``oci:PATH[:TAG]`` and ``recipe:NAME`` (looked up in ``workspace``/rootfs first) are
+    local sources.
+    """
     from coopy.image.ref import parse_reference
 
+    if name.startswith("recipe:"):
+        from coopy.image.recipe import build_recipe
+
+        return build_recipe(name[len("recipe:"):], workspace or Path.cwd(), facts=facts,
+                            idmap=idmap)
     if name.startswith("oci:"):
         from coopy.image.local import import_oci
 

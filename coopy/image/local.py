@@ -208,3 +208,21 @@ def _install(name: str, digest: str, config_digest: str, config: Any,
                          created=time.time(), env=tuple(str(e) for e in env), source="oci")
     store.save(record)
     return record
+
+
+def install_tar_layer(name: str, tar: Path, *, facts: HostFacts, idmap: IdMap | None,
+                      source: str) -> ImageRecord:
+    """An image of one layer: the (uncompressed) tarball ``tar`` of a root filesystem."""
+    h = hashlib.sha256()
+    with open(tar, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    digest = "sha256:" + h.hexdigest()
+    from coopy.image.ref import host_platform
+
+    arch = host_platform().architecture
+    record = _install(name, digest, digest, {"os": "linux", "architecture": arch},
+                      [(tar, OCI_LAYER, digest)], facts, idmap)
+    record = record._replace(source=source)
+    Store().save(record)
+    return record
