@@ -263,13 +263,16 @@ class AuthStub:
     wants ``Authorization: Basic`` of ``user:password``.  Blob GETs are redirected to
     /cdn/…, which refuses any request that carries an Authorization header (as Docker
     Hub's CDN does).  Everything else is proxied to the real registry behind.  ``log``
-    keeps (path, authorization) of every request.
+    keeps (path, authorization) of every request.  ``fail_first``: the first N blob
+    requests answer 503 (a registry having a bad moment).
     """
 
     def __init__(self, upstream: str, mode: str = "bearer",
-                 credentials: tuple[str, str] | None = None, corrupt: bool = False) -> None:
+                 credentials: tuple[str, str] | None = None, corrupt: bool = False,
+                 fail_first: int = 0) -> None:
         self.upstream, self.mode, self.credentials = upstream, mode, credentials
         self.corrupt = corrupt
+        self.fail_first = fail_first  # answer the first N blob requests 503
         self.tokens: set[str] = set()
         self.log: list[tuple[str, str | None]] = []
         stub = self
@@ -314,6 +317,9 @@ class AuthStub:
             if auth is not None:
                 return self._send(h, 400, b"no Authorization on the CDN, please")
             return self._proxy(h, h.path[len("/cdn"):])
+        if self.fail_first and "/blobs/" in h.path:
+            self.fail_first -= 1
+            return self._send(h, 503, b"try again")
         if self.mode == "open":
             pass
         elif self.mode == "basic":

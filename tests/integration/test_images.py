@@ -225,6 +225,15 @@ def test_altered_blob_is_refused(box_user: BoxUser, images: Images,
                 if len(p.name) == 64 and p.name in res.stderr]
 
 
+def test_transient_errors_are_retried(box_user: BoxUser, images: Images,
+                                      home: dict[str, str]) -> None:
+    stub = AuthStub(images.registry.host, "open", fail_first=3)
+    res = pull_through(box_user, stub, home)
+    assert res.returncode == 0, res.stderr
+    blob_gets = [p for p, _ in stub.log if "/blobs/" in p]
+    assert len(blob_gets) >= 3 + 3  # config and two layers, three of them twice
+
+
 def test_hostile_layer_is_refused_and_leaves_nothing(box_user: BoxUser, images: Images,
                                                     home: dict[str, str]) -> None:
     res = box_user.coopy("pull", images.ref("test/hostile:v1"), env=home)
