@@ -114,7 +114,7 @@ def test_state_dir_on_overlayfs_is_refused(box_user: BoxUser) -> None:
         (["-v", "/etc:relative"], 'the target "relative" must start with /', "~/data:/data:ro"),
         (["-v", "/no/such/dir:/x"], "mount source /no/such/dir does not exist", "create it"),
         (["-v", "/etc:/x:rx"], 'unknown option "rx"', "~/data:/data:ro"),
-        (["--image", "ubuntu:24.04"], "image 'ubuntu:24.04' is not available", "--image host"),
+        (["--image", "Ubuntu"], "invalid repository name 'library/Ubuntu'", "names are lower case"),
         (["--net", "bogus"], "argument --net: invalid choice", "coopy run --help"),
         (["-e", "1BAD=x"], "-e 1BAD=x: not a variable name", "KEY=VALUE"),
     ],
