@@ -49,6 +49,7 @@ examples:
                                          detaches, `coopy attach` comes back
   coopy run -- cat /etc/os-release       a command in a box on the host's programs
   coopy run -v ~/data:/data:ro -- ls /data
+  coopy run --image debian:12 -- cat /etc/debian_version     a pulled image
   coopy doctor                           what works on this host, and fixes
 
 `coopy VERB --help` tells more about each verb.

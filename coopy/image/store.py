@@ -495,7 +495,7 @@ def pull(name: str, *, facts: HostFacts, idmap: IdMap | None, platform: str | No
                 quiet=quiet)
     install_layers(store, missing, idmap, facts)
     record = ImageRecord(
-        name=str(ref) if ref.tag or not ref.digest else str(ref), digest=digest,
+        name=str(ref), digest=digest,
         config=config_digest, layers=layers,
         platform=str(_config_platform(config) or want), created=time.time(),
         env=tuple(str(e) for e in (config.get("config") or {}).get("Env") or ()),
