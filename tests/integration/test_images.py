@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -390,3 +391,39 @@ def test_oci_layout_archive_and_docker_save(box_user: BoxUser, images: Images,
     assert listed[src]["source"] == "oci" and listed[src]["layers"] == 2
     res = box_user.coopy("run", "--image", f"oci:{layout}:nope", "--", "true", cwd=ws, env=home)
     assert res.returncode == 125 and "no image tagged nope" in res.stderr
+
+
+def test_killed_build_leaves_no_half_layer(box_user: BoxUser, images: Images,
+                                           home: dict[str, str]) -> None:
+    ref = images.ref("test/img:v1")
+    ws = _project(box_user, ref, ["imgprobe write /etc/a 1", "imgprobe sleep 60"])
+    proc = subprocess.Popen(box_user.argv(["build"]), cwd=ws, env=box_user.env(home),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    run_dir = Path(home["COOPY_HOME"]) / "state" / "run"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # step 2's box is up: its upper exists
+            if run_dir.is_dir() and any((d / "upper").is_dir() and (d / "image-layers")
+                                        .exists() for d in run_dir.iterdir()
+                                        if not d.name.startswith("skel-")):
+                layers = Path(home["COOPY_HOME"]) / "data" / "layers"
+                if sum(1 for m in layers.iterdir() for p in m.iterdir() if p.is_dir()) == 3:
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the build never reached step 2")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    layers = Path(home["COOPY_HOME"]) / "data" / "layers"
+    (mapdir,) = list(layers.iterdir())
+    assert len([p for p in mapdir.iterdir() if p.is_dir()]) == 3  # image + step 1 only
+    ws2 = _project(box_user, ref, ["imgprobe write /etc/a 1", "imgprobe write /etc/b 2"])
+    res = box_user.coopy("build", cwd=ws2, env=home)
+    assert res.returncode == 0, res.stderr
+    assert "step 1/2: imgprobe write /etc/a 1 (cached)" in res.stderr
+    # the killed box's directory was swept by the next start
+    assert [d.name for d in run_dir.iterdir() if not d.name.startswith("skel-")] == []

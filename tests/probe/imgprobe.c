@@ -6,6 +6,7 @@
  *   imgprobe env NAME     the variable's value
  *   imgprobe write PATH TEXT
  *   imgprobe rm PATH
+ *   imgprobe sleep SECONDS
  *   sh -c "imgprobe ARGS..."   as /bin/sh: the words of the one command, split on spaces
  *                              (test images have no shell; `coopy build` runs sh -c STEP)
  */
@@ -71,6 +72,10 @@ int main(int argc, char **argv) {
         if (unlink(argv[2]) < 0) { perror(argv[2]); return 1; }
         return 0;
     }
-    fprintf(stderr, "usage: imgprobe cat|ls|stat|id|env|write|rm ...\n");
+    if (argc >= 3 && strcmp(argv[1], "sleep") == 0) {
+        sleep((unsigned)atoi(argv[2]));
+        return 0;
+    }
+    fprintf(stderr, "usage: imgprobe cat|ls|stat|id|env|write|rm|sleep ...\n");
     return 2;
 }
