@@ -70,6 +70,7 @@ class RunRequest(NamedTuple):
     nofile: int | None = None
     memory: int | None = None
     cpus: float | None = None
+    agent: str | None = None  # the preset's name (coopy/agents.py), for `coopy ls`
 
 
 def box_hostname(workspace: Path) -> str:

@@ -137,6 +137,8 @@ class BoxRecord(NamedTuple):
     socket: str = ""
     exit_status: int | None = None
     mounts: tuple[str, ...] = ()  # "SRC:DST[:ro]" as the box was made (restart compares)
+    agent: str = ""  # the agent preset's name, "" for a command line
+    worktree: str = ""  # the git worktree the box works in (`coopy -n NAME --worktree`)
 
     def can_attach(self) -> bool:
         """Only a running box has a terminal to attach to."""

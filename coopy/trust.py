@@ -13,6 +13,7 @@ approved the file's exact content with ``coopy trust``, recorded by hash as dire
 | ``[security]`` seccomp = false, nested_userns = true | the box's own defences |
 | ``[workspace] git = "rw"`` | hooks that run on the host |
 | ``[conda] root``, ``[storage] root`` | host directories |
+| ``[sandbox] agent`` naming a preset | the user's login for that agent |
 
 A changed file needs approval again.  A file owned by neither the user nor root is not
 read at all.
@@ -69,6 +70,9 @@ def project_grants(config: Config, project: Path, workspace: Path) -> list[Grant
             grants.append(Grant(key, line, "allow nested user namespaces and mounts"))
         elif key == "workspace.git" and config.workspace.git == "rw":
             grants.append(Grant(key, line, "make .git/hooks and .git/config writable"))
+        elif key == "sandbox.agent" and _is_preset(config.sandbox.agent):
+            grants.append(Grant(key, line, f"agent preset {config.sandbox.agent}: your "
+                                "login for it (its config directories, read-write)"))
         elif key in ("conda.root", "storage.root"):
             root = getattr(config, key.split(".")[0]).root
             grants.append(Grant(key, line, f"{key.replace('.', ' ')} {root}"))
@@ -89,6 +93,9 @@ def without_grants(config: Config, grants: list[Grant]) -> Config:
     security = config.security
     if keys & {"security.seccomp", "security.nested_userns"}:
         security = SecurityConfig()
+    sandbox = config.sandbox._replace(mounts=mounts)
+    if "sandbox.agent" in keys:
+        sandbox = sandbox._replace(agent=None)
     workspace = config.workspace
     if "workspace.git" in keys:
         workspace = workspace._replace(git="default")
@@ -97,10 +104,16 @@ def without_grants(config: Config, grants: list[Grant]) -> Config:
     storage = config.storage._replace(root=None) if "storage.root" in keys else config.storage
     origin = {k: v for k, v in config.origin.items() if k not in keys}
     return config._replace(
-        sandbox=config.sandbox._replace(mounts=mounts), env=env, network=network,
+        sandbox=sandbox, env=env, network=network,
         security=security, workspace=workspace, agent=agent, conda=conda, storage=storage,
         origin=origin,
     )
+
+
+def _is_preset(agent: str | None) -> bool:
+    from coopy.agents import preset_of
+
+    return preset_of(agent) is not None
 
 
 def _record_path(project: Path) -> Path:

@@ -23,6 +23,7 @@ VERBS = {
     "kill": ("coopy.cli.kill", "stop a box (SIGTERM, grace, SIGKILL)"),
     "rm": ("coopy.cli.rm", "remove a box and its upper layer"),
     "run": ("coopy.cli.run", "run a command in a new, ephemeral box"),
+    "agents": ("coopy.cli.agents", "list the agent presets (claude, codex, …) for this host"),
     "init": ("coopy.cli.init", "write a commented coop.toml here"),
     "trust": ("coopy.cli.trust", "approve the nearest coop.toml and what it grants"),
     "doctor": ("coopy.cli.doctor", "check this host and say how to fix what is missing"),

@@ -21,6 +21,7 @@ examples:
   coopy run -w ~/proj -v ~/datasets:/data:ro -e HF_HOME=/data/hf -- python3 train.py
   coopy run --user agent -- id          a named non-root user (files still yours)
   coopy run --dry-run -- true           print the mount plan, start nothing
+  coopy run --agent codex -- exec "fix the tests"   an agent preset, hands-off
 
 The workspace (-w, default: the directory of the nearest coop.toml, else the current
 directory) is mounted read-write at its own path and is the working directory.  The
@@ -65,6 +66,9 @@ def add_box_options(p: Parser) -> None:
     p.add_argument("--userns", choices=("auto", "host"), default="auto",
                    help="host (root only): no user namespace, box root is host root")
     p.add_argument("--shm-size", metavar="SIZE", help="size of /dev/shm (default 64m)")
+    p.add_argument("--agent", metavar="NAME",
+                   help="an agent preset (claude, codex, gemini, opencode, aider: "
+                   "`coopy agents`) or a command line; -- ARGS are added to it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
     from coopy.box import run as run_box
 
     command = command_of(args)
-    request, _ = build_request(args, command)
+    request, config = build_request(args, command)
+    if args.agent:
+        from coopy.agents import apply_agent
+
+        request = apply_agent(request, args.agent, command, config.sandbox.args)
     return run_box(request)
 
 
@@ -124,6 +132,10 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
                                    m.readonly))
 
     env, missing = expand_env(config.env, os.environ)
+    if config.agent.pass_env:
+        from coopy.agents import pass_env
+
+        env = pass_env(config.agent.pass_env, os.environ) | env
     for name in missing:
         sys.stderr.write(f"coopy: warning: [env] takes ${name} from this environment, "
                          "where it is not set: left unset in the box\n")

@@ -13,11 +13,12 @@ examples:
   coopy -d                 create it detached (attach later with `coopy attach`)
   coopy -n review -w ~/proj
   coopy -- python3 -m http.server   a box whose agent is this command
+  coopy --agent claude     Claude Code, hands-off, logged in (`coopy agents` lists presets)
 
 The box is named after the workspace (the directory of the nearest coop.toml, else
 the current one) and keeps running when you detach (Ctrl+]) or close the terminal;
 `coopy ls` lists boxes, `coopy kill` stops one, `coopy rm` removes it.  The agent is
-[sandbox] agent from coop.toml, else a login shell.
+[sandbox] agent from coop.toml (a preset name or a command line), else a login shell.
 """
 
 
@@ -35,21 +36,22 @@ def parser() -> Parser:
 
 def run(args: argparse.Namespace) -> int:
     """Create or find the box, then attach (unless -d)."""
-    import shlex
-
     from coopy.cli.run import build_request
     from coopy.client import attach, parse_detach_key
     from coopy.lifecycle import box_name, create
 
     command = command_of(args)
     request, config = build_request(args, command)
-    if not command:
-        agent = config.sandbox.agent
-        command = shlex.split(agent) + list(config.sandbox.args) if agent else ["sh", "-l"]
+    # --agent takes the trailing words as its arguments; without it they are the agent
+    agent = args.agent or (None if command else config.sandbox.agent)
+    if agent:
+        from coopy.agents import apply_agent
+
+        request = apply_agent(request, agent, command if args.agent else [],
+                              config.sandbox.args)
+    elif not command:
         shell = config.sandbox.shell
-        if not agent and shell:
-            command = [shell, "-l"]
-        request = request._replace(command=command)
+        request = request._replace(command=[shell, "-l"] if shell else ["sh", "-l"])
     # checked before anything starts: a bad key must not leave a box behind
     key = parse_detach_key(args.detach_keys or config.session.detach_keys)
     name = args.name or box_name(request.workspace)
