@@ -342,6 +342,10 @@ def _with_box(
                 f"cannot prepare the box's layers in {rundir.path}: {exc.strerror}",
                 hint=STATE_FS_HINT,
             ) from exc
+        if req.git == "ro" and (workspace / ".git").is_dir():
+            from coopy.gitguard import write_push_block
+
+            write_push_block(rundir.path / "etc", workspace, owner)
         spec = spec_for(str(rundir.path), str(skel))
         prepared = Prepared(req, facts, spec, build_plan(spec, facts), idmap, user, rundir.path)
         return body(prepared)
