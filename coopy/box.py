@@ -71,6 +71,8 @@ class RunRequest(NamedTuple):
     memory: int | None = None
     cpus: float | None = None
     agent: str | None = None  # the preset's name (coopy/agents.py), for `coopy ls`
+    worktree: str | None = None  # the box's own git worktree (coopy/worktree.py)
+    workspace_mode: str = "rw"  # "cow": the box writes into an overlay (coopy/changes.py)
 
 
 def box_hostname(workspace: Path) -> str:
@@ -298,6 +300,7 @@ def _with_box(
             tty_gid=5 if idmap is None or idmap.maps_gid(5) else None,
             idmap_binds=root_box,
             readonly=git_readonly(workspace, req.git),
+            workspace_cow=f"{box_dir}/ws" if req.workspace_mode == "cow" else None,
         )
 
     if req.dry_run:
@@ -323,7 +326,8 @@ def _with_box(
     if idmap is not None and facts.uid != 0 and idmap.subordinate:
         remover = _userns_remover(idmap, facts)
     try:
-        for sub in ("upper", "work", "root"):
+        cow = ("ws", "ws/upper", "ws/work") if req.workspace_mode == "cow" else ()
+        for sub in ("upper", "work", "root", *cow):
             (rundir.path / sub).mkdir(mode=0o755, exist_ok=True)
             if owner is not None:
                 os.chown(rundir.path / sub, *owner)
@@ -342,7 +346,7 @@ def _with_box(
                 f"cannot prepare the box's layers in {rundir.path}: {exc.strerror}",
                 hint=STATE_FS_HINT,
             ) from exc
-        if req.git == "ro" and (workspace / ".git").is_dir():
+        if req.git == "ro" and (workspace / ".git").exists():
             from coopy.gitguard import write_push_block
 
             write_push_block(rundir.path / "etc", workspace, owner)

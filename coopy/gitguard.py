@@ -74,8 +74,11 @@ def write_push_block(etc_layer: Path, workspace: Path, owner: tuple[int, int] | 
         except OSError:
             return ""
 
+    from coopy.worktree import common_git_dir
+
+    git_dir = common_git_dir(workspace) or workspace / ".git"
     text = build_system_gitconfig(read(Path("/etc/gitconfig")),
-                                  push_urls(read(workspace / ".git" / "config")))
+                                  push_urls(read(git_dir / "config")))
     path = etc_layer / "gitconfig"
     path.write_text(text)
     os.chmod(path, 0o644)

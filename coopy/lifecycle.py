@@ -98,7 +98,7 @@ def create(req: RunRequest, name: str, *, scrollback: int = SCROLLBACK,
     record = BoxRecord(name=name, workspace=str(req.workspace.resolve()),
                        command=tuple(req.command), image=req.image, network=req.net,
                        state="creating", created=time.time(), mounts=mount_specs(req),
-                       agent=req.agent or "")
+                       agent=req.agent or "", worktree=req.worktree or "")
     write_record(box_dir, record)
     sock = socket_path(name)
 

@@ -14,6 +14,7 @@ approved the file's exact content with ``coopy trust``, recorded by hash as dire
 | ``[workspace] git = "rw"`` | hooks that run on the host |
 | ``[conda] root``, ``[storage] root`` | host directories |
 | ``[sandbox] agent`` naming a preset | the user's login for that agent |
+| ``[workspace] worktree_dir`` outside the workspace | a host directory, read-write |
 
 A changed file needs approval again.  A file owned by neither the user nor root is not
 read at all.
@@ -73,6 +74,10 @@ def project_grants(config: Config, project: Path, workspace: Path) -> list[Grant
         elif key == "sandbox.agent" and _is_preset(config.sandbox.agent):
             grants.append(Grant(key, line, f"agent preset {config.sandbox.agent}: your "
                                 "login for it (its config directories, read-write)"))
+        elif key == "workspace.worktree_dir" and config.workspace.worktree_dir is not None:
+            wt = os.path.realpath(config.workspace.worktree_dir)
+            if not (wt == ws or wt.startswith(ws + "/")):
+                grants.append(Grant(key, line, f"git worktrees in {wt} (read-write)"))
         elif key in ("conda.root", "storage.root"):
             root = getattr(config, key.split(".")[0]).root
             grants.append(Grant(key, line, f"{key.replace('.', ' ')} {root}"))
@@ -99,6 +104,8 @@ def without_grants(config: Config, grants: list[Grant]) -> Config:
     workspace = config.workspace
     if "workspace.git" in keys:
         workspace = workspace._replace(git="default")
+    if "workspace.worktree_dir" in keys:
+        workspace = workspace._replace(worktree_dir=None)
     agent = AgentConfig() if "agent.pass_env" in keys else config.agent
     conda = config.conda._replace(root=None) if "conda.root" in keys else config.conda
     storage = config.storage._replace(root=None) if "storage.root" in keys else config.storage

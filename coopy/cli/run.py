@@ -177,6 +177,7 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         tty=getattr(args, "tty", None),
         dry_run=getattr(args, "dry_run", False),
         git=config.workspace.git,
+        workspace_mode=config.workspace.mode,
         seccomp=config.security.seccomp,
         nested_userns=config.security.nested_userns,
         pids=config.limits.pids,

@@ -14,6 +14,7 @@ examples:
   coopy -n review -w ~/proj
   coopy -- python3 -m http.server   a box whose agent is this command
   coopy --agent claude     Claude Code, hands-off, logged in (`coopy agents` lists presets)
+  coopy -n fix --worktree --agent codex   a box with its own worktree, branch coopy/fix
 
 The box is named after the workspace (the directory of the nearest coop.toml, else
 the current one) and keeps running when you detach (Ctrl+]) or close the terminal;
@@ -28,6 +29,9 @@ def parser() -> Parser:
     add_box_options(p)
     p.add_argument("-d", "--detach", action="store_true", help="create it, do not attach")
     p.add_argument("-n", "--name", help="the box's name (default: from the workspace)")
+    p.add_argument("--worktree", action="store_true",
+                   help="give the box its own git worktree of the project (branch "
+                   "coopy/NAME; needs -n NAME)")
     p.add_argument("--detach-keys", default=None, metavar="KEY",
                    help="the key that detaches (default ctrl-])")
     p.add_command()
@@ -54,6 +58,15 @@ def run(args: argparse.Namespace) -> int:
         request = request._replace(command=[shell, "-l"] if shell else ["sh", "-l"])
     # checked before anything starts: a bad key must not leave a box behind
     key = parse_detach_key(args.detach_keys or config.session.detach_keys)
+    if args.worktree:
+        if not args.name:
+            from coopy.errors import ConfigError
+
+            raise ConfigError("--worktree needs a box name", hint="coopy -n NAME --worktree")
+        from coopy.worktree import apply_worktree
+
+        request = apply_worktree(request, args.name, config.workspace.worktree_dir,
+                                 keep_target="workspace.path" in config.origin)
     name = args.name or box_name(request.workspace)
     request = request._replace(hostname=args.hostname or name)
     session = config.session
