@@ -149,6 +149,7 @@ class AgentBox(NamedTuple):
     make_dirs: tuple[str, ...]  # host config directories to create (0700) when missing
     seeds: tuple[tuple[str, str], ...]  # (host file, host copy) to copy when missing
     program: str | None  # the host path found, None when not installed
+    path: tuple[str, ...] = ()  # directories the box's PATH must start with
 
 
 # ---- finding the program and what it needs ----------------------------------------
@@ -289,7 +290,7 @@ def expand(
     return AgentBox(
         preset=preset, command=command, mounts=tuple(mounts), env=env,
         make_dirs=tuple(str(host_home / d) for d in preset.config), seeds=seeds,
-        program=str(program) if program is not None else None,
+        program=str(program) if program is not None else None, path=tuple(extra_path),
     )
 
 
@@ -380,5 +381,8 @@ def apply_agent(
         prepare_host(box)
     mounts = tuple(MountRequest(Path(m.source), None, m.target, m.readonly)
                    for m in box.mounts)
+    env = {**box.env, **req.env}
+    if box.path and "PATH" in req.env:  # e.g. a conda env's: both, the program's first
+        env["PATH"] = ":".join(dict.fromkeys([*box.path, *req.env["PATH"].split(":")]))
     return req._replace(command=list(box.command), mounts=mounts + tuple(req.mounts),
-                        env={**box.env, **req.env}, agent=preset.name)
+                        env=env, agent=preset.name)

@@ -73,6 +73,7 @@ class RunRequest(NamedTuple):
     agent: str | None = None  # the preset's name (coopy/agents.py), for `coopy ls`
     worktree: str | None = None  # the box's own git worktree (coopy/worktree.py)
     workspace_mode: str = "rw"  # "cow": the box writes into an overlay (coopy/changes.py)
+    etc_files: tuple[tuple[str, str], ...] = ()  # (path under /etc, text) added to its /etc
 
 
 def box_hostname(workspace: Path) -> str:
@@ -346,6 +347,8 @@ def _with_box(
                 f"cannot prepare the box's layers in {rundir.path}: {exc.strerror}",
                 hint=STATE_FS_HINT,
             ) from exc
+        for rel, text in req.etc_files:
+            _write_etc(rundir.path / "etc", rel, text, owner)
         if req.git == "ro" and (workspace / ".git").exists():
             from coopy.gitguard import write_push_block
 
@@ -358,6 +361,17 @@ def _with_box(
             rundir.release()
         else:
             rundir.remove(remover)
+
+
+def _write_etc(etc: Path, rel: str, text: str, owner: tuple[int, int] | None) -> None:
+    """A file of the box's generated /etc layer (read-only in the box)."""
+    path = etc / rel
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path.write_text(text)
+    os.chmod(path, 0o644)
+    if owner is not None:
+        for p in (path.parent, path):
+            os.chown(p, *owner)
 
 
 def _userns_remover(idmap: IdMap, facts: HostFacts) -> object:

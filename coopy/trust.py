@@ -12,7 +12,7 @@ approved the file's exact content with ``coopy trust``, recorded by hash as dire
 | ``[env]`` values ``"$VAR"``, ``[agent] pass_env`` | the host's variables (secrets) |
 | ``[security]`` seccomp = false, nested_userns = true | the box's own defences |
 | ``[workspace] git = "rw"`` | hooks that run on the host |
-| ``[conda] root``, ``[storage] root`` | host directories |
+| ``[conda] root``, ``[storage] root``, ``[conda] env`` | host directories |
 | ``[sandbox] agent`` naming a preset | the user's login for that agent |
 | ``[workspace] worktree_dir`` outside the workspace | a host directory, read-write |
 
@@ -78,6 +78,9 @@ def project_grants(config: Config, project: Path, workspace: Path) -> list[Grant
             wt = os.path.realpath(config.workspace.worktree_dir)
             if not (wt == ws or wt.startswith(ws + "/")):
                 grants.append(Grant(key, line, f"git worktrees in {wt} (read-write)"))
+        elif key == "conda.env" and config.conda.env:
+            grants.append(Grant(key, line, f"conda env {config.conda.env} (your conda "
+                                "installation, read-only)"))
         elif key in ("conda.root", "storage.root"):
             root = getattr(config, key.split(".")[0]).root
             grants.append(Grant(key, line, f"{key.replace('.', ' ')} {root}"))
@@ -108,6 +111,8 @@ def without_grants(config: Config, grants: list[Grant]) -> Config:
         workspace = workspace._replace(worktree_dir=None)
     agent = AgentConfig() if "agent.pass_env" in keys else config.agent
     conda = config.conda._replace(root=None) if "conda.root" in keys else config.conda
+    if "conda.env" in keys:
+        conda = conda._replace(env=None)
     storage = config.storage._replace(root=None) if "storage.root" in keys else config.storage
     origin = {k: v for k, v in config.origin.items() if k not in keys}
     return config._replace(

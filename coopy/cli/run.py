@@ -185,4 +185,8 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         memory=config.limits.memory,
         cpus=config.limits.cpus,
     )
+    if config.conda.env:
+        from coopy.conda import apply_conda
+
+        request = apply_conda(request, config.conda.env, config.conda.root)
     return request, config

@@ -108,3 +108,35 @@ def test_mount_tables_mount_strings_and_shm_from_config(box_user: BoxUser) -> No
     assert lines[:6] == ["weights", "a,b", "in the workspace", "ro", "ro", "ro"]
     assert lines[6].split()[1] == str(96 * 1024)
     assert "asks for more" not in res.stderr
+
+
+def fake_conda(user: BoxUser) -> Path:
+    """A conda installation as far as activation goes: conda.sh, envs/torch."""
+    root = user.workspace()
+    for d in ("conda-meta", "bin", "condabin", "etc/profile.d", "envs/torch/conda-meta",
+              "envs/torch/bin"):
+        (root / d).mkdir(parents=True)
+    (root / "etc/profile.d/conda.sh").write_text(
+        'conda() { if [ "$1" = activate ]; then export CONDA_PREFIX="$2" '
+        'CONDA_DEFAULT_ENV="${2##*/}" PATH="$2/bin:$PATH" FAKE_ACTIVATED=yes; fi; }\n')
+    (root / "envs/torch/bin/python").write_text("#!/bin/sh\necho torch-python\n")
+    (root / "envs/torch/bin/python").chmod(0o755)
+    return root
+
+
+def test_conda_env_at_its_own_path_activated(box_user: BoxUser) -> None:
+    root, ws = fake_conda(box_user), box_user.workspace()
+    env = box_user.user_config(f'[conda]\nroot = "{root}"\nenv = "torch"\n')
+    res = box_user.coopy("run", "--", "sh", "-c",
+                         f"python; echo $CONDA_DEFAULT_ENV $CONDA_PREFIX; touch {root}/x "
+                         "2>/dev/null || echo ro", cwd=ws, env=env)
+    assert res.stdout.split() == ["torch-python", "torch", f"{root}/envs/torch", "ro"], (
+        res.stdout + res.stderr)
+    # login shells: /etc/profile resets PATH, the profile.d script activates again
+    res = box_user.coopy("run", "--", "sh", "-lc", "python; echo $FAKE_ACTIVATED",
+                         cwd=ws, env=env)
+    assert res.stdout.split() == ["torch-python", "yes"], res.stdout + res.stderr
+    bad = box_user.user_config(f'[conda]\nroot = "{root}"\nenv = "tf"\n')
+    res = box_user.coopy("run", "--", "true", cwd=ws, env=bad)
+    assert res.returncode == 125
+    assert "no such environment" in res.stderr and "base, torch" in res.stderr
