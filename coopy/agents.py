@@ -7,7 +7,8 @@ boundary), the directories where it keeps its login and settings (mounted read-w
 from the host's home into the box user's home, created when missing, so a login made
 in a box is there the next time), the variables it sets, the API-key variables it reads
 (passed only when ``[env]`` or ``[agent] pass_env`` names them) and the ports its
-``login`` command listens on for an OAuth callback (for port publishing).
+``login`` command listens on for an OAuth callback (published from the host's loopback,
+like ``[network] oauth_ports``, when the box has the private network and they are free).
 
 The flags were checked against each CLI's ``--help``: claude 2.1, codex 0.169, gemini
 0.61, opencode 1.18, aider 0.86.
@@ -84,8 +85,9 @@ PRESETS: tuple[Preset, ...] = (
         config=(".codex",),
         api_keys=("OPENAI_API_KEY", "OPENAI_BASE_URL"),
         oauth_ports=(1455,),
-        login="`codex login --device-auth` (device code: open the URL anywhere, enter "
-        "the code); `codex login` needs port 1455 published; or "
+        login="`codex login` (its callback port 1455 is published from the host's "
+        "loopback in the private network), or `codex login --device-auth` (device code: "
+        "open the URL anywhere, enter the code), or "
         "`printenv OPENAI_API_KEY | codex login --with-api-key`",
     ),
     Preset(
@@ -118,7 +120,8 @@ PRESETS: tuple[Preset, ...] = (
         api_keys=("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENROUTER_API_KEY",
                   "GEMINI_API_KEY", "DEEPSEEK_API_KEY"),
         oauth_ports=(8484,),
-        login="API keys through [agent] pass_env; the OpenRouter login waits on port 8484",
+        login="API keys through [agent] pass_env; the OpenRouter login's callback port "
+        "8484 is published like codex's",
     ),
 )
 
@@ -384,5 +387,10 @@ def apply_agent(
     env = {**box.env, **req.env}
     if box.path and "PATH" in req.env:  # e.g. a conda env's: both, the program's first
         env["PATH"] = ":".join(dict.fromkeys([*box.path, *req.env["PATH"].split(":")]))
+    ports = req.ports
+    if preset.oauth_ports:  # its login's callback, published like [network] oauth_ports
+        from coopy.net import oauth_forwards
+
+        ports = oauth_forwards(req.ports, preset.oauth_ports, req.net)
     return req._replace(command=list(box.command), mounts=mounts + tuple(req.mounts),
-                        env=env, agent=preset.name)
+                        env=env, agent=preset.name, ports=ports)

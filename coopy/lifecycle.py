@@ -98,7 +98,8 @@ def create(req: RunRequest, name: str, *, scrollback: int = SCROLLBACK,
     record = BoxRecord(name=name, workspace=str(req.workspace.resolve()),
                        command=tuple(req.command), image=req.image, network=req.net,
                        state="creating", created=time.time(), mounts=mount_specs(req),
-                       agent=req.agent or "", worktree=req.worktree or "")
+                       agent=req.agent or "", worktree=req.worktree or "",
+                       ports=tuple(str(port) for port in req.ports))
     write_record(box_dir, record)
     sock = socket_path(name)
 

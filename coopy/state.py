@@ -139,6 +139,7 @@ class BoxRecord(NamedTuple):
     mounts: tuple[str, ...] = ()  # "SRC:DST[:ro]" as the box was made (restart compares)
     agent: str = ""  # the agent preset's name, "" for a command line
     worktree: str = ""  # the git worktree the box works in (`coopy -n NAME --worktree`)
+    ports: tuple[str, ...] = ()  # published: "127.0.0.1:8080->80/tcp"
 
     def can_attach(self) -> bool:
         """Only a running box has a terminal to attach to."""

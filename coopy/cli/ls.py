@@ -11,7 +11,7 @@ EPILOG = """\
 examples:
   coopy ls
   coopy ls --json          name, workspace, state, uptime, clients, shells, image,
-                           gpus, network, agent, worktree, pid, exit_status
+                           gpus, network, ports, agent, worktree, pid, exit_status
 """
 
 
@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
             "name": record.name, "workspace": record.workspace, "state": record.state,
             "uptime": round(now - record.started, 1) if running else None,
             "clients": clients, "shells": shells, "image": record.image,
-            "gpus": [], "network": record.network, "agent": record.agent or None,
-            "worktree": record.worktree or None,
+            "gpus": [], "network": record.network, "ports": list(record.ports),
+            "agent": record.agent or None, "worktree": record.worktree or None,
             "pid": record.keeper_pid if running else None,
             "exit_status": record.exit_status,
         })
@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print("no boxes (`coopy` in a project creates one)")
         return 0
-    print(f"{'NAME':<20} {'STATE':<9} {'UPTIME':>8} {'CLIENTS':>7} {'AGENT':<8} "
-          f"{'NET':<7} WORKSPACE")
+    print(f"{'NAME':<20} {'STATE':<9} {'UPTIME':>8} {'CLIENTS':>7}  {'NETWORK':<8} "
+          f"{'AGENT':<8} WORKSPACE")
     for r in rows:
         state = str(r["state"])
         if r["exit_status"] is not None and state != "running":
@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
         up = r["uptime"]
         uptime = f"{int(up)}s" if isinstance(up, float) else "-"
         shown = str(r["clients"]) if r["clients"] is not None else "-"
+        net = str(r["network"])
+        ports = r["ports"]
+        extra = f"  ports {', '.join(ports)}" if isinstance(ports, list) and ports else ""
         where = r["worktree"] or r["workspace"]
-        print(f"{r['name']:<20} {state:<9} {uptime:>8} {shown:>7} {r['agent'] or '-':<8} "
-              f"{r['network']:<7} {where}")
+        print(f"{r['name']:<20} {state:<9} {uptime:>8} {shown:>7}  {net:<8} "
+              f"{r['agent'] or '-':<8} {where}{extra}")
     return 0

@@ -191,6 +191,8 @@ def test_agent_box_is_hands_off_and_logged_in(
         assert h.home.joinpath(".claude.json").read_text() == '{"numStartups": 7}'
     listed = {b["name"]: b for b in json.loads(h.coopy("ls", "--json").stdout)}
     assert listed[name]["agent"] == agent
+    if agent == "codex" and listed[name]["network"] == "private":  # its login's callback
+        assert "127.0.0.1:1455->1455/tcp" in listed[name]["ports"]
     assert h.coopy("kill", "-f", name).returncode == 0
 
 
