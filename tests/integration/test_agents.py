@@ -159,7 +159,9 @@ def test_agent_box_is_hands_off_and_logged_in(
     ws = box_user.workspace()
     name = f"a{uuid.uuid4().hex[:8]}"
     box_name.append((h, name))
-    res = h.coopy("-d", "-n", name, "--agent", agent, cwd=ws)
+    # --net none: offline, the agents wait on their first screen instead of exiting
+    # when they cannot reach their service (tests reach nothing outside the machine)
+    res = h.coopy("-d", "-n", name, "--net", "none", "--agent", agent, cwd=ws)
     assert res.returncode == 0, res.stderr
     home = "/root"
     script = (
@@ -191,9 +193,21 @@ def test_agent_box_is_hands_off_and_logged_in(
         assert h.home.joinpath(".claude.json").read_text() == '{"numStartups": 7}'
     listed = {b["name"]: b for b in json.loads(h.coopy("ls", "--json").stdout)}
     assert listed[name]["agent"] == agent
-    if agent == "codex" and listed[name]["network"] == "private":  # its login's callback
-        assert "127.0.0.1:1455->1455/tcp" in listed[name]["ports"]
     assert h.coopy("kill", "-f", name).returncode == 0
+
+
+def test_login_callback_port_is_published(
+    box_user: BoxUser, npm_bin: Path, box_name: list[tuple[AgentHome, str]]
+) -> None:
+    """codex login waits on 1455: the preset publishes it from the host's loopback."""
+    h = AgentHome(box_user, npm_bin)
+    name = f"p{uuid.uuid4().hex[:8]}"
+    box_name.append((h, name))
+    res = h.coopy("-d", "-n", name, "--net", "private", "--agent", "codex", "--",
+                  "--version", cwd=box_user.workspace())
+    assert res.returncode == 0, res.stderr
+    listed = {b["name"]: b for b in json.loads(h.coopy("ls", "--json").stdout)}
+    assert "127.0.0.1:1455->1455/tcp" in listed[name]["ports"]
 
 
 def test_api_keys_pass_only_when_listed(box_user: BoxUser, npm_bin: Path) -> None:
