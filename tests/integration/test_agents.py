@@ -193,6 +193,10 @@ def test_agent_box_is_hands_off_and_logged_in(
         assert h.home.joinpath(".claude.json").read_text() == '{"numStartups": 7}'
     listed = {b["name"]: b for b in json.loads(h.coopy("ls", "--json").stdout)}
     assert listed[name]["agent"] == agent
+    if agent == "opencode":  # a restart expands the preset again, same mounts
+        res = h.coopy("restart", name, cwd=ws)
+        assert res.returncode == 0 and "mounts" not in res.stderr, res.stderr  # (--net)
+        assert f"{npm_bin}/opencode --auto" in res.stdout
     assert h.coopy("kill", "-f", name).returncode == 0
 
 

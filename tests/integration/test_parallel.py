@@ -75,6 +75,8 @@ def test_worktree_boxes_work_side_by_side(
     assert (st.st_uid, st.st_gid) == (box_user.uid, box_user.pw.pw_gid)
     listed = {r["name"]: r for r in json.loads(box_user.coopy("ls", "--json", env=env).stdout)}
     assert listed[a]["worktree"] == str(trees / a)
+    res = box_user.coopy("restart", a, env=env)
+    assert res.returncode == 0 and "warning" not in res.stderr, res.stderr
     for n in (a, b):
         assert box_user.coopy("kill", "-f", n, env=env).returncode == 0
 
