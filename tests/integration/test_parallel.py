@@ -121,3 +121,33 @@ def test_cow_workspace_diff_apply_and_discard(
     assert box_user.coopy("discard", name).returncode == 0
     assert (ws / "f").read_text() == "new\n"
     assert box_user.coopy("diff", name, "--workspace").stdout == ""
+
+
+def test_worktree_box_with_read_only_history(
+    box_user: BoxUser, names: list[tuple[str, dict[str, str]]]
+) -> None:
+    repo, trees, remote = box_user.workspace(), box_user.workspace(), box_user.workspace()
+    git("init", "-q", "--bare", str(remote / "r.git"), cwd=remote)
+    git("init", "-q", "-b", "main", str(repo), cwd=repo)
+    git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty", "-m",
+        "base", cwd=repo)
+    git("remote", "add", "origin", str(remote / "r.git"), cwd=repo)
+    for d in (repo, remote):
+        subprocess.run(["chown", "-R", f"{box_user.uid}:{box_user.pw.pw_gid}", str(d)],
+                       check=True)
+    env = box_user.user_config(f'[workspace]\nworktree_dir = "{trees}"\ngit = "ro"\n')
+    name = f"r{uuid.uuid4().hex[:6]}"
+    names.append((name, env))
+    res = box_user.coopy("-d", "-n", name, "--worktree", "-v", f"{remote}:{remote}", "--",
+                         "sleep", "1000", cwd=repo, env=env)
+    assert res.returncode == 0, res.stderr
+    res = box_user.coopy("exec", name, "--", "sh", "-c",
+                         "git status --short && echo status-ok; git -c user.name=b -c "
+                         "user.email=b@e commit -q --allow-empty -m x 2>/dev/null || "
+                         "echo commit-refused; git push -q origin HEAD:main; echo push=$?",
+                         env=env)
+    assert res.stdout.split() == ["status-ok", "commit-refused", "push=128"], (
+        res.stdout + res.stderr)
+    assert "git push is blocked" in res.stderr
+    assert git("for-each-ref", cwd=remote / "r.git") == ""
+    assert box_user.coopy("kill", "-f", name, env=env).returncode == 0
