@@ -188,9 +188,13 @@ def install_dirs(program: Path, home: Path) -> tuple[Path, ...]:
     ``PREFIX/bin/x`` is installed in PREFIX (npm's global prefix holds ``bin`` and
     ``lib/node_modules``; a virtual environment ``bin``, ``lib`` and ``pyvenv.cfg``),
     except that of the home or ``~/.local`` only ``bin`` and ``lib`` are taken (not
-    ``~/.local/share``, where keyrings live).  Any other file: its directory.
+    ``~/.local/share``, where keyrings live).  Any other file: its directory (Claude
+    Code's native install, ``~/.local/share/claude/versions/X``), except a directory
+    shared with everything else (the home, ``/``, ``/tmp``): then the file alone.
     """
     parent = program.parent
+    if parent in (home, home.parent, Path("/"), Path("/tmp"), Path("/var/tmp")):
+        return (program,)
     if parent.name != "bin":
         return (parent,)
     prefix = parent.parent
@@ -224,7 +228,7 @@ def program_closure(
     """(directories to mount read-only, directories to put on the box's PATH).
 
     Follows the program's symlinks and its ``#!`` interpreter (``env node`` is looked
-    up in ``dirs``, like a shell would), two levels deep; what is under ``covered``
+    up in ``dirs``, like a shell would), three programs deep; what is under ``covered``
     (the image's own directories, the workspace) needs no mount.
     """
     mounts: list[Path] = []
@@ -380,8 +384,8 @@ def apply_agent(
                   host_home=home, box_home=box_home_of(req.user),
                   workspace=req.workspace.resolve())
     require_program(box, environ, home)
-    if not req.dry_run:
-        prepare_host(box)
+    # also for --dry-run: the plan it prints mounts these, and their sources must exist
+    prepare_host(box)
     mounts = tuple(MountRequest(Path(m.source), None, m.target, m.readonly)
                    for m in box.mounts)
     env = {**box.env, **req.env}

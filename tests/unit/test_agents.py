@@ -105,6 +105,8 @@ def test_preset_or_command(agent: str | None, preset: str | None) -> None:
         ("/home/alice/.local/share/claude/versions/2.1.0", [
             "/home/alice/.local/share/claude/versions"]),  # claude's native install
         ("/home/alice/.opencode/bin/opencode", ["/home/alice/.opencode"]),
+        ("/home/alice/claude", ["/home/alice/claude"]),  # never the whole home
+        ("/var/tmp/codex", ["/var/tmp/codex"]),
     ],
 )
 def test_install_dirs(program: str, dirs: list[str]) -> None:
