@@ -8,6 +8,10 @@ activated twice over: the box's variables say so (``PATH``, ``CONDA_PREFIX``,
 ``CONDA_DEFAULT_ENV``…) for the agent, which is started without a shell, and
 ``/etc/profile.d/coopy-conda.sh`` runs ``conda activate`` in login shells, whose
 ``/etc/profile`` resets ``PATH``.
+
+The path of a virtual environment (``pyvenv.cfg``) is taken the same way, without
+conda: the environment and the Python it was made from (``~/.pyenv/versions/X``, uv's)
+are mounted read-only at their own paths and ``VIRTUAL_ENV``/``PATH`` set.
 """
 
 from __future__ import annotations
@@ -73,13 +77,38 @@ def profile_script(root: Path, name: str, prefix: Path) -> str:
     )
 
 
+def apply_venv(req: RunRequest, venv: Path, home: Path) -> RunRequest:
+    """``req`` with a host virtual environment (``[conda] env = "/path/to/venv"``) at its
+    own path, read-only, with the Python it was made from (pyenv's, uv's…) and active."""
+    from coopy.agents import VISIBLE_HOST, program_closure
+    from coopy.box import BOX_PATH, MountRequest
+
+    venv = venv.resolve()
+    dirs, _ = program_closure(venv / "bin/python", [], home,
+                              [*VISIBLE_HOST, str(req.workspace.resolve())])
+    q = shlex.quote
+    script = ("# coopy: [conda] env, a virtual environment (coopy/conda.py)\n"
+              f"export VIRTUAL_ENV={q(str(venv))} PATH={q(str(venv / 'bin'))}:\"$PATH\"\n")
+    return req._replace(
+        mounts=(*req.mounts, *(MountRequest(d, None, str(d), True) for d in dirs)),
+        env={**req.env, "VIRTUAL_ENV": str(venv),
+             "PATH": f"{venv}/bin:{req.env.get('PATH', BOX_PATH)}"},
+        etc_files=(*req.etc_files, (PROFILE, script)),
+    )
+
+
 def apply_conda(req: RunRequest, env: str, root: Path | None, *,
                 environ: Mapping[str, str] = os.environ,
                 home: Path | None = None) -> RunRequest:
-    """``req`` with the conda root mounted read-only and ``env`` activated."""
+    """``req`` with the conda root mounted read-only and ``env`` activated (or, for the
+    path of a virtual environment, that environment: :func:`apply_venv`)."""
     from coopy.box import BOX_PATH, MountRequest
 
-    found = find_root(root, environ, home or Path(os.path.expanduser("~")))
+    home = home or Path(os.path.expanduser("~"))
+    venv = Path(os.path.expanduser(env))
+    if venv.is_absolute() and (venv / "pyvenv.cfg").is_file():
+        return apply_venv(req, venv, home)
+    found = find_root(root, environ, home)
     if found is None or not found.is_dir():
         where = str(root) if root else "$CONDA_EXE, ~/miniforge3, ~/miniconda3, …"
         raise ConfigError(f"[conda] env {env!r}: no conda installation found ({where})",

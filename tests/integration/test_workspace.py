@@ -140,3 +140,15 @@ def test_conda_env_at_its_own_path_activated(box_user: BoxUser) -> None:
     res = box_user.coopy("run", "--", "true", cwd=ws, env=bad)
     assert res.returncode == 125
     assert "no such environment" in res.stderr and "base, torch" in res.stderr
+
+
+def test_host_venv_at_its_own_path(box_user: BoxUser) -> None:
+    outside, ws = box_user.workspace(), box_user.workspace()
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(outside / "venv")],
+                   check=True)
+    env = box_user.user_config(f'[conda]\nenv = "{outside}/venv"\n')
+    script = ('python -c "import sys; print(sys.prefix)"; echo $VIRTUAL_ENV; '
+              f"touch {outside}/venv/x 2>/dev/null || echo ro")
+    for shell in ("-c", "-lc"):
+        res = box_user.coopy("run", "--", "sh", shell, script, cwd=ws, env=env)
+        assert res.stdout.split() == [f"{outside}/venv"] * 2 + ["ro"], res.stdout + res.stderr

@@ -64,3 +64,21 @@ def test_project_conda_env_needs_trust(tmp_path: Path) -> None:
     grants = project_grants(config, project, tmp_path)
     assert [g.key for g in grants] == ["conda.env"]
     assert without_grants(config, grants).conda.env is None
+
+
+def test_a_virtual_environment_and_the_python_it_was_made_from(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    base = home / ".pyenv/versions/3.12.1/bin"
+    base.mkdir(parents=True)
+    (base / "python3.12").write_bytes(b"\x7fELF")
+    venv = tmp_path / "venvs/proj"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text(f"home = {base}\n")
+    (venv / "bin/python").symlink_to(base / "python3.12")
+    req = RunRequest(command=["x"], workspace=tmp_path / "ws")
+    out = apply_conda(req, str(venv), None, home=home)
+    assert [str(m.source) for m in out.mounts] == [str(venv), str(home / ".pyenv/versions/3.12.1")]
+    assert all(m.readonly and str(m.source) == m.target for m in out.mounts)
+    assert out.env["VIRTUAL_ENV"] == str(venv)
+    assert out.env["PATH"] == f"{venv}/bin:{BOX_PATH}"
+    assert "export VIRTUAL_ENV=" in out.etc_files[0][1]
