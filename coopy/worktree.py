@@ -89,6 +89,11 @@ def apply_worktree(req: RunRequest, name: str, worktree_dir: Path | None,
     from coopy.box import GIT_GUARDED, MountRequest
     from coopy.paths import state_dir
 
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise ConfigError(f"--worktree: {name!r} cannot name a branch and a directory",
+                          hint="use letters, digits, '-', '_' and '.' (e.g. -n fix-tests)")
     main = req.workspace.resolve()
     path = create_worktree(main, name, worktree_path(main, name, worktree_dir, state_dir()))
     git_dir = main / ".git"

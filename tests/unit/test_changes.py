@@ -85,3 +85,13 @@ def test_worktree_paths_and_common_git_dir(tmp_path: Path) -> None:
     subprocess.run(["git", "-C", str(main), "worktree", "add", "-q", str(wt)], check=True)
     assert common_git_dir(wt) == main / ".git"
     assert common_git_dir(main) is None
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "-x", "a..b", ""])
+def test_worktree_names_are_checked(tmp_path: Path, name: str) -> None:
+    from coopy.box import RunRequest
+    from coopy.errors import ConfigError
+    from coopy.worktree import apply_worktree
+
+    with pytest.raises(ConfigError, match="cannot name a branch"):
+        apply_worktree(RunRequest(command=[], workspace=tmp_path), name, None, False)
