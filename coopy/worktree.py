@@ -86,10 +86,10 @@ def apply_worktree(req: RunRequest, name: str, worktree_dir: Path | None,
     ``keep_target``: the user set ``[workspace] path``; otherwise the worktree appears
     at its own path.
     """
+    import re
+
     from coopy.box import GIT_GUARDED, MountRequest
     from coopy.paths import state_dir
-
-    import re
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
         raise ConfigError(f"--worktree: {name!r} cannot name a branch and a directory",
