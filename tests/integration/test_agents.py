@@ -250,3 +250,24 @@ def test_agents_lists_the_presets(box_user: BoxUser, npm_bin: Path) -> None:
     text = h.coopy("agents").stdout
     assert f"claude: {npm_bin}/claude --dangerously-skip-permissions" in text
     assert not (h.home / ".claude").exists()  # listing creates nothing
+
+
+def test_agent_as_a_named_user_keeps_the_callers_files(
+    box_user: BoxUser, npm_bin: Path, box_name: list[tuple[AgentHome, str]]
+) -> None:
+    """--user agent: the config dirs are in /home/agent, the agent's (keep-id), and its
+    files there and in the workspace are the caller's on the host."""
+    h = AgentHome(box_user, npm_bin)
+    ws = box_user.workspace()
+    name = f"u{uuid.uuid4().hex[:8]}"
+    box_name.append((h, name))
+    res = h.coopy("-d", "-n", name, "--net", "none", "--user", "agent", "--agent", "claude",
+                  cwd=ws)
+    assert res.returncode == 0, res.stderr
+    out = h.coopy("exec", name, "--", "sh", "-c", "id -un; echo $CLAUDE_CONFIG_DIR; "
+                  "touch ~/.claude/by-agent && echo x > by-agent")
+    assert out.stdout.split() == ["agent", "/home/agent/.claude"], out.stderr
+    for path in (h.home / ".claude/by-agent", ws / "by-agent"):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (box_user.uid, box_user.pw.pw_gid), path
+    assert h.coopy("kill", "-f", name).returncode == 0
