@@ -19,6 +19,7 @@ from coopy.facts import HostFacts
 from coopy.idmap import IdMap, build_idmap, build_workspace_idmap
 
 if TYPE_CHECKING:  # imported where used, at run time: start-up cost
+    from coopy.gpubox import BoxGpus
     from coopy.ops import Op
     from coopy.plan import BoxSpec
     from coopy.rootfs import BoxUser
@@ -70,6 +71,8 @@ class RunRequest(NamedTuple):
     nofile: int | None = None
     memory: int | None = None
     cpus: float | None = None
+    gpus: str | tuple[int | str, ...] | None = None  # None: all there are, if any
+    gpu_exclusive: bool = False
 
 
 def box_hostname(workspace: Path) -> str:
@@ -216,6 +219,7 @@ class Prepared(NamedTuple):
     idmap: IdMap | None
     user: BoxUser
     box_dir: Path
+    gpus: BoxGpus | None = None
 
 
 def run(req: RunRequest) -> int:
@@ -280,6 +284,9 @@ def _with_box(
     root_box = facts.uid == 0 and idmap is not None
     # Boxes of root: box root is the first id of root's one subordinate range.
     owner = (idmap.uids[0].outside, idmap.gids[0].outside) if root_box and idmap else None
+    gpus = _gpus(req, facts, keep, root_box)
+    if gpus is not None:
+        req = req._replace(env={**gpus.env, **req.env})
 
     def spec_for(box_dir: str, skel: str) -> BoxSpec:
         return BoxSpec(
@@ -292,11 +299,12 @@ def _with_box(
             workspace_target=ws_target,
             volumes=tuple(Volume(s, t, ro, d) for s, t, ro, d in mounts),
             net=req.net,
-            shm_size=req.shm_size or (64 << 20),
+            shm_size=req.shm_size or (gpus.shm if gpus else 64 << 20),
             tmp_size=req.tmp_size,
             tty_gid=5 if idmap is None or idmap.maps_gid(5) else None,
             idmap_binds=root_box,
             readonly=git_readonly(workspace, req.git),
+            extra=gpus.ops if gpus else (),
         )
 
     if req.dry_run:
@@ -317,7 +325,11 @@ def _with_box(
     warning = single_id_warning(facts, idmap) if idmap is not None else None
     if warning:
         warn_once("single-id", warning)
-    rundir = make_dir()
+    try:
+        rundir = make_dir()
+    except BaseException:
+        _release(gpus)
+        raise
     remover = None
     if idmap is not None and facts.uid != 0 and idmap.subordinate:
         remover = _userns_remover(idmap, facts)
@@ -342,13 +354,33 @@ def _with_box(
                 hint=STATE_FS_HINT,
             ) from exc
         spec = spec_for(str(rundir.path), str(skel))
-        prepared = Prepared(req, facts, spec, build_plan(spec, facts), idmap, user, rundir.path)
+        prepared = Prepared(req, facts, spec, build_plan(spec, facts), idmap, user, rundir.path,
+                            gpus)
         return body(prepared)
     finally:
+        _release(gpus)  # a keeper holds its own copies of the locks
         if keep:
             rundir.release()
         else:
             rundir.remove(remover)
+
+
+def _gpus(req: RunRequest, facts: HostFacts, persistent: bool, root_box: bool) -> BoxGpus | None:
+    """The box's GPUs (coopy/gpubox.py), locked when exclusive; None without any."""
+    if req.gpus == "none":
+        return None
+    from coopy.gpubox import prepare_gpus
+    from coopy.paths import state_dir
+
+    what = f"box {req.hostname}" if persistent else f"`coopy run` pid {os.getpid()}"
+    return prepare_gpus(req.gpus, os.environ, cache_dir=state_dir() / "gpu", idmap=root_box,
+                        exclusive=req.gpu_exclusive, holder=f"{what} of {facts.user}",
+                        dry_run=req.dry_run)
+
+
+def _release(gpus: BoxGpus | None) -> None:
+    for fd in gpus.locks if gpus else ():
+        os.close(fd)
 
 
 def _userns_remover(idmap: IdMap, facts: HostFacts) -> object:

@@ -36,17 +36,20 @@ def run(args: argparse.Namespace) -> int:
             "name": record.name, "workspace": record.workspace, "state": record.state,
             "uptime": round(now - record.started, 1) if running else None,
             "clients": clients, "shells": shells, "image": record.image,
-            "gpus": [], "network": record.network,
+            "gpus": list(record.gpus), "network": record.network,
             "pid": record.keeper_pid if running else None,
             "exit_status": record.exit_status,
         })
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    from coopy.gpubox import held_locks
+
+    held = held_locks()  # [gpu] exclusive: any user's box, `coopy run` included
     if not rows:
         print("no boxes (`coopy` in a project creates one)")
-        return 0
-    print(f"{'NAME':<20} {'STATE':<9} {'UPTIME':>8} {'CLIENTS':>7}  WORKSPACE")
+    else:
+        print(f"{'NAME':<20} {'STATE':<9} {'UPTIME':>8} {'CLIENTS':>7}  WORKSPACE")
     for r in rows:
         state = str(r["state"])
         if r["exit_status"] is not None and state != "running":
@@ -55,4 +58,6 @@ def run(args: argparse.Namespace) -> int:
         uptime = f"{int(up)}s" if isinstance(up, float) else "-"
         shown = str(r["clients"]) if r["clients"] is not None else "-"
         print(f"{r['name']:<20} {state:<9} {uptime:>8} {shown:>7}  {r['workspace']}")
+    for lock, holder in held:
+        print(f"GPU {lock}: held by {holder}")
     return 0

@@ -21,6 +21,7 @@ examples:
   coopy run -w ~/proj -v ~/datasets:/data:ro -e HF_HOME=/data/hf -- python3 train.py
   coopy run --user agent -- id          a named non-root user (files still yours)
   coopy run --dry-run -- true           print the mount plan, start nothing
+  coopy run --gpus 0,2 -- nvidia-smi    two of the host's GPUs (default: all of them)
 
 The workspace (-w, default: the directory of the nearest coop.toml, else the current
 directory) is mounted read-write at its own path and is the working directory.  The
@@ -64,7 +65,10 @@ def add_box_options(p: Parser) -> None:
                    help="none: own network, loopback only (default); host: the host's")
     p.add_argument("--userns", choices=("auto", "host"), default="auto",
                    help="host (root only): no user namespace, box root is host root")
-    p.add_argument("--shm-size", metavar="SIZE", help="size of /dev/shm (default 64m)")
+    p.add_argument("--shm-size", metavar="SIZE",
+                   help="size of /dev/shm (default 64m; with GPUs half of the RAM)")
+    p.add_argument("--gpus", metavar="all|none|0,2|GPU-UUID",
+                   help="NVIDIA GPUs passed in (default [gpu] devices: all there are)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,6 +154,13 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         raise ConfigError(f"--shm-size: {exc}") from None
     if shm is None:
         shm = config.sandbox.shm
+    gpus: str | tuple[int | str, ...] | None = None  # default: all there are, if any
+    if args.gpus:
+        from coopy.gpu import parse_gpus
+
+        gpus = parse_gpus(args.gpus)
+    elif config.gpu.devices != "all":  # "all" in a file: all there are, none is no error
+        gpus = config.gpu.devices
     request = RunRequest(
         command=command,
         workspace=workspace,
@@ -171,5 +182,7 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         nofile=config.limits.nofile,
         memory=config.limits.memory,
         cpus=config.limits.cpus,
+        gpus=gpus,
+        gpu_exclusive=config.gpu.exclusive,
     )
     return request, config
