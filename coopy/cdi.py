@@ -7,8 +7,9 @@ names files that are gone: stale), coopy uses it instead of its own discovery; h
 are not run: coopy makes the SONAME links and the ld cache itself.
 
 Specs are JSON or YAML.  No YAML library is a dependency: :func:`parse_yaml` reads the
-block subset that CDI generators write (mappings, sequences, plain and quoted scalars)
-and refuses anything else, which makes the spec "broken" and discovery is used.
+block subset that CDI generators write (mappings, sequences, plain and quoted scalars,
+flow lists of plain scalars) and refuses anything else (anchors, tags, nested flow
+collections), which makes the spec "broken" and discovery is used.
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ KIND = "nvidia.com/gpu"
 
 
 def _scalar(text: str) -> Any:
-    if text in ("[]", "{}"):
-        return [] if text == "[]" else {}
+    if text == "{}":
+        return {}
+    if text.startswith("[") and text.endswith("]"):  # a flow list of plain scalars
+        items = [i.strip() for i in text[1:-1].split(",")] if text[1:-1].strip() else []
+        if any(not i or i[0] in "[{'\"&*!|>" for i in items):
+            raise ValueError(f"unsupported YAML: {text}")
+        return items
     if text[:1] in ("'", '"'):
         quote = text[0]
         if len(text) < 2 or text[-1] != quote:

@@ -174,11 +174,11 @@ def check_capabilities(facts: HostFacts) -> Check | None:
     return Check("capabilities", "ok", "root has CAP_SYS_RESOURCE")
 
 
-def check_gpu() -> Check:
-    """Whether an NVIDIA driver is loaded (GPUs are passed in by a later release)."""
-    if os.path.exists("/proc/driver/nvidia/version"):
-        return Check("gpu", "ok", "NVIDIA driver loaded")
-    return Check("gpu", "ok", "no NVIDIA driver: boxes get no GPU")
+def check_gpus() -> list[Check]:
+    """The NVIDIA driver, its libraries and devices (coopy/gpu.py), with fixes."""
+    from coopy.gpu import doctor_checks
+
+    return [Check(*c) for c in doctor_checks()]
 
 
 def check_box() -> Check:
@@ -213,7 +213,7 @@ def run_checks(facts: HostFacts, state: str, *, box: bool = True) -> list[Check]
     caps = check_capabilities(facts)
     if caps is not None:
         checks.append(caps)
-    checks.append(check_gpu())
+    checks += check_gpus()
     if box and not any(c.status == "fail" for c in checks):
         checks.append(check_box())
     return checks

@@ -480,3 +480,54 @@ def shm_default() -> int:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
     except (ValueError, OSError):
         return 1 << 30
+
+
+# ---- doctor -------------------------------------------------------------------------
+
+
+def doctor_checks(host: GpuHost | None = None) -> list[tuple[str, str, str, str | None]]:
+    """(name, status, detail, fix) for ``coopy doctor``: driver, libraries, devices."""
+    host = host or discover()
+    if host.source == "none":
+        if host.driver:
+            return [("gpu", "warn", host.problems[0],
+                     "sudo nvidia-modprobe -c=0 -u (or load the driver with `sudo modprobe "
+                     "nvidia`)")]
+        return [("gpu", "ok", "no NVIDIA GPU: boxes get none", None)]
+    out: list[tuple[str, str, str, str | None]] = []
+    where = "" if host.root == "/" else f" under {host.root}"
+    out.append(("gpu", "ok" if host.gpus else "warn",
+                f"{len(host.gpus)} NVIDIA GPU(s){where}, driver {host.driver or '?'} "
+                f"({host.source})", None if host.gpus else "sudo nvidia-modprobe -c=0 -u"))
+    libcuda = any(f.name.startswith("libcuda.so.") for f in host.libraries)
+    if not libcuda:
+        out.append(("gpu libraries", "warn", "libcuda.so.<version> is not in the loader's "
+                    "cache: boxes get the devices but CUDA cannot start",
+                    "install the driver's user-space libraries, then `sudo ldconfig`"))
+    elif host.driver and host.lib_version and host.driver != host.lib_version:
+        out.append(("gpu libraries", "fail", f"driver/library mismatch: the kernel module is "
+                    f"{host.driver}, libcuda is {host.lib_version}; CUDA fails with "
+                    "'driver/library version mismatch'",
+                    "reboot (or reload the nvidia kernel modules) after a driver upgrade"))
+    else:
+        out.append(("gpu libraries", "ok", f"{len(host.libraries)} libraries, libcuda "
+                    f"{host.lib_version}", None))
+    for node in (*host.control, *(g.node for g in host.gpus)):
+        if node.startswith("/dev/nvidia-caps/") or node == "/dev/nvidia-modeset":
+            continue  # admin-only by design (MIG config) or display only
+        path = host.host_path(node)
+        if not os.access(path, os.R_OK | os.W_OK):
+            try:
+                import grp
+
+                group = grp.getgrgid(os.stat(path).st_gid).gr_name
+            except (KeyError, OSError):
+                group = "its group"
+            out.append((node, "warn", "you cannot open it: boxes cannot use it either",
+                        f"sudo usermod -aG {group} $USER (then log in again), or make it "
+                        "0666 with a udev rule"))
+    for problem in host.problems:
+        fix = "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`, or remove the " \
+            "spec" if problem.startswith("CDI") else "sudo nvidia-modprobe -u -c=0"
+        out.append(("gpu", "warn", problem, fix))
+    return out
