@@ -63,8 +63,10 @@ def _node(path: Path) -> None:
     os.chmod(path, 0o666)
 
 
-def build_fake_driver(root: Path, gpus: int = 2, *, uvm: bool = True) -> Path:
-    """Make the tree under ``root`` (created); returns ``root``."""
+def build_fake_driver(root: Path, gpus: int = 2, *, uvm: bool = True,
+                      extra_libs: int = 0) -> Path:
+    """Make the tree under ``root`` (created); returns ``root``.  ``extra_libs`` more
+    stub ``libnvidia-stubN.so.<version>`` (a real driver has ~15 compute/utility ones)."""
     libdir = root / "usr" / "lib" / multiarch()
     for d in ("dev", "etc", "usr/bin", "proc/driver/nvidia/gpus"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -86,7 +88,9 @@ def build_fake_driver(root: Path, gpus: int = 2, *, uvm: bool = True) -> Path:
                     str(FIXTURES / "libcuda_stub.c")], check=True)
     empty = root / "empty.c"
     empty.write_text("int coopy_fake_driver_symbol(void) { return 0; }\n")
-    for name, soname in OTHER_LIBS:
+    extra = tuple((f"libnvidia-stub{i}.so.{VERSION}", f"libnvidia-stub{i}.so.1")
+                  for i in range(extra_libs))
+    for name, soname in OTHER_LIBS + extra:
         subprocess.run([*cc, f"-Wl,-soname,{soname}", "-o", str(libdir / name), str(empty)],
                        check=True)
     empty.unlink()
