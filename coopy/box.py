@@ -370,8 +370,9 @@ def _gpus(req: RunRequest, facts: HostFacts, persistent: bool, root_box: bool) -
     if req.gpus == "none":
         return None
     root = os.environ.get("COOPY_GPU_ROOT") or "/"  # coopy.gpu.ENV_ROOT
-    if req.gpus is None and not os.path.exists(os.path.join(root, "dev/nvidiactl")):
-        return None  # the default on a host without GPUs: one stat, no import
+    if req.gpus is None and not any(os.path.exists(os.path.join(root, "dev", node))
+                                    for node in ("nvidiactl", "dxg", "kfd")):
+        return None  # the default on a host without GPUs: three stats, no import
     from coopy.gpubox import prepare_gpus
     from coopy.paths import state_dir
 

@@ -83,7 +83,7 @@ class GpuHost(NamedTuple):
     """What discovery found: empty ``gpus`` means none (``problems`` may say why)."""
 
     root: str
-    source: str  # "discovery", "cdi:<file>" or "none"
+    source: str  # "discovery", "cdi:<file>", "wsl", "amd" or "none"
     driver: str | None = None  # the kernel module's version
     lib_version: str | None = None  # the version in libcuda.so.<version>
     gpus: tuple[Gpu, ...] = ()
@@ -94,6 +94,11 @@ class GpuHost(NamedTuple):
     sockets: tuple[str, ...] = ()  # box paths (/run/nvidia-persistenced/socket)
     env: tuple[tuple[str, str], ...] = ()  # from a CDI spec
     problems: tuple[str, ...] = ()
+
+    @property
+    def vendor(self) -> str:
+        """``nvidia``, ``wsl`` (NVIDIA through /dev/dxg) or ``amd``."""
+        return self.source if self.source in ("wsl", "amd") else "nvidia"
 
     def host_path(self, box_path: str) -> str:
         """Where a box path of the driver (a node, a socket) is under the root."""
@@ -317,6 +322,10 @@ def discover(root: str | None = None) -> GpuHost:
     """Everything about the host's NVIDIA GPUs; cheap (one stat) when there are none."""
     root = root or gpu_root()
     if not os.path.exists(join(root, "/dev/nvidiactl")):
+        if os.path.exists(join(root, "/dev/dxg")):
+            return discover_wsl(root)
+        if os.path.exists(join(root, "/dev/kfd")):
+            return discover_amd(root)
         version = driver_version(root)
         missing = f"the NVIDIA driver {version} is loaded but {join(root, '/dev/nvidiactl')} " \
             "does not exist"
@@ -341,6 +350,49 @@ def discover(root: str | None = None) -> GpuHost:
                     if os.path.exists(join(root, s)))
     return GpuHost(root, "discovery", driver, lib_version, gpus, control, libraries,
                    discover_binaries(root), firmware, sockets, (), tuple(problems))
+
+
+WSL_LIB_DIR = "/usr/lib/wsl/lib"
+
+
+def discover_wsl(root: str) -> GpuHost:
+    """WSL2: one /dev/dxg serves every GPU; the driver's libraries (libcuda, libdxcore,
+    NVML) and nvidia-smi are in /usr/lib/wsl/lib."""
+    from coopy.ldcache import read_elf
+
+    libs, bins = [], []
+    try:
+        names = sorted(os.listdir(join(root, WSL_LIB_DIR)))
+    except OSError:
+        names = []
+    for name in names:
+        path = join(root, f"{WSL_LIB_DIR}/{name}")
+        if os.path.islink(path) or not os.path.isfile(path):
+            continue  # links are remade from SONAMEs
+        if ".so" in name:
+            elf = read_elf(path)
+            if elf is not None:
+                libs.append(GpuFile(path, name, f"in {WSL_LIB_DIR}", elf.soname))
+        elif name in BINARIES:
+            bins.append(GpuFile(path, name, f"in {WSL_LIB_DIR}"))
+    version = next((f.name.split(".so.", 1)[1] for f in libs
+                    if f.name.startswith("libcuda.so.")), None)
+    problems = () if libs else (f"/dev/dxg exists but {WSL_LIB_DIR} holds no libraries",)
+    return GpuHost(root, "wsl", None, version, (Gpu(0, 0, "/dev/dxg", model="WSL2 (dxg)"),),
+                   (), tuple(libs), tuple(bins), problems=problems)
+
+
+def discover_amd(root: str) -> GpuHost:
+    """AMD (ROCm): /dev/kfd and one /dev/dri/renderD<N> per GPU, numbered in N's order.
+    The ROCm libraries are the image's (/opt/rocm on the host image), not the driver's."""
+    try:
+        names = os.listdir(join(root, "/dev/dri"))
+    except OSError:
+        names = []
+    minors = sorted(int(n[7:]) for n in names if n.startswith("renderD") and n[7:].isdigit())
+    gpus = tuple(Gpu(i, m, f"/dev/dri/renderD{m}") for i, m in enumerate(minors)
+                 if _is_node(root, f"/dev/dri/renderD{m}", None))
+    return GpuHost(root, "amd", gpus=gpus, control=("/dev/kfd",))
 
 
 # ---- selection ----------------------------------------------------------------------
@@ -380,18 +432,41 @@ def _match(gpus: Sequence[Gpu], token: str) -> Gpu | None:
     return None
 
 
-def allowed_gpus(gpus: Sequence[Gpu], env: Mapping[str, str]) -> tuple[tuple[Gpu, ...], str]:
+def _narrow(allowed: list[Gpu], value: str) -> list[Gpu]:
+    """CUDA's reading of a ``*_VISIBLE_DEVICES`` list: indices count within ``allowed``,
+    UUID prefixes match, an invalid entry ends the list."""
+    visible: list[Gpu] = []
+    for token in value.split(",") if value.strip() else []:
+        token = token.strip()
+        if token.isdigit():
+            gpu = allowed[int(token)] if int(token) < len(allowed) else None
+        else:
+            gpu = _match(allowed, token)
+        if gpu is None:
+            break
+        if gpu not in visible:
+            visible.append(gpu)
+    return visible
+
+
+# The caller's narrowing variables after NVIDIA_VISIBLE_DEVICES and Slurm, per vendor:
+# HIP reads CUDA_VISIBLE_DEVICES too.
+_VISIBLE_VARS = {"amd": ("ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")}
+
+
+def allowed_gpus(gpus: Sequence[Gpu], env: Mapping[str, str], vendor: str = "nvidia"
+                 ) -> tuple[tuple[Gpu, ...], str]:
     """The GPUs the caller was given, and by which variables (never widened).
 
     ``NVIDIA_VISIBLE_DEVICES`` (all, none/void, indices, UUIDs); a Slurm allocation
-    (``SLURM_STEP_GPUS``/``SLURM_JOB_GPUS``: host indices); then ``CUDA_VISIBLE_DEVICES``,
-    whose indices count within what is left, as CUDA counts them (an invalid entry ends
-    the list, as in CUDA).
+    (``SLURM_STEP_GPUS``/``SLURM_JOB_GPUS``: host indices); then ``CUDA_VISIBLE_DEVICES``
+    (AMD: ``ROCR_``/``HIP_VISIBLE_DEVICES`` too), whose indices count within what is
+    left, as CUDA counts them (an invalid entry ends the list, as in CUDA).
     """
     allowed = list(gpus)
     why = []
     nvd = env.get("NVIDIA_VISIBLE_DEVICES")
-    if nvd is not None and nvd.strip() != "all":
+    if nvd is not None and nvd.strip() != "all" and vendor != "amd":
         why.append(f"NVIDIA_VISIBLE_DEVICES={nvd}")
         tokens = [] if nvd.strip() in ("", "none", "void") else nvd.split(",")
         picked = [g for g in (_match(allowed, t) for t in tokens) if g is not None]
@@ -402,21 +477,11 @@ def allowed_gpus(gpus: Sequence[Gpu], env: Mapping[str, str]) -> tuple[tuple[Gpu
         why.append(f"{var}={slurm}")
         picked = [g for g in (_match(allowed, t) for t in slurm.split(",")) if g is not None]
         allowed = list(dict.fromkeys(picked))
-    cvd = env.get("CUDA_VISIBLE_DEVICES")
-    if cvd is not None:
-        why.append(f"CUDA_VISIBLE_DEVICES={cvd}")
-        visible: list[Gpu] = []
-        for token in cvd.split(",") if cvd.strip() else []:
-            token = token.strip()
-            if token.isdigit():
-                gpu = allowed[int(token)] if int(token) < len(allowed) else None
-            else:
-                gpu = _match(allowed, token)
-            if gpu is None:
-                break
-            if gpu not in visible:
-                visible.append(gpu)
-        allowed = visible
+    for var in _VISIBLE_VARS.get(vendor, ("CUDA_VISIBLE_DEVICES",)):
+        value = env.get(var)
+        if value is not None:
+            why.append(f"{var}={value}")
+            allowed = _narrow(allowed, value)
     return tuple(allowed), ", ".join(why)
 
 
@@ -434,7 +499,7 @@ def select_gpus(host: GpuHost, request: Request | None, env: Mapping[str, str]) 
         raise GpuError(f"GPUs were asked for (--gpus {shown}) but this host has none: {why}",
                        hint="`coopy gpu` and `coopy doctor` show what was found; "
                        "--gpus none runs without")
-    allowed, why = allowed_gpus(host.gpus, env)
+    allowed, why = allowed_gpus(host.gpus, env, host.vendor)
     if request in (None, "all"):
         if not allowed and explicit:
             raise GpuError(f"--gpus all: no GPU is left to you ({why})",
@@ -459,8 +524,19 @@ def select_gpus(host: GpuHost, request: Request | None, env: Mapping[str, str]) 
     return tuple(out)
 
 
-def box_env(gpus: Sequence[Gpu], host: GpuHost) -> dict[str, str]:
-    """The box's GPU variables, in the box's view: its GPUs are 0…n-1."""
+def box_env(gpus: Sequence[Gpu], host: GpuHost, caller: Mapping[str, str] = {}  # noqa: B006
+            ) -> dict[str, str]:
+    """The box's GPU variables, in the box's view: its GPUs are 0…n-1.  AMD needs none
+    (the render nodes present are the selection); WSL2's /dev/dxg serves every GPU, so
+    the caller's CUDA_VISIBLE_DEVICES is passed on as it is."""
+    if host.vendor == "amd":
+        return {}
+    if host.vendor == "wsl":
+        env = {"NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
+               "TRITON_LIBCUDA_PATH": GPU_LIB_DIR}
+        if "CUDA_VISIBLE_DEVICES" in caller:
+            env["CUDA_VISIBLE_DEVICES"] = caller["CUDA_VISIBLE_DEVICES"]
+        return env
     env = {k: v for k, v in host.env if k != "NVIDIA_VISIBLE_DEVICES"}
     indices = ",".join(str(i) for i in range(len(gpus)))
     uuids = [g.uuid for g in gpus]
@@ -481,53 +557,3 @@ def shm_default() -> int:
     except (ValueError, OSError):
         return 1 << 30
 
-
-# ---- doctor -------------------------------------------------------------------------
-
-
-def doctor_checks(host: GpuHost | None = None) -> list[tuple[str, str, str, str | None]]:
-    """(name, status, detail, fix) for ``coopy doctor``: driver, libraries, devices."""
-    host = host or discover()
-    if host.source == "none":
-        if host.driver:
-            return [("gpu", "warn", host.problems[0],
-                     "sudo nvidia-modprobe -c=0 -u (or load the driver with `sudo modprobe "
-                     "nvidia`)")]
-        return [("gpu", "ok", "no NVIDIA GPU: boxes get none", None)]
-    out: list[tuple[str, str, str, str | None]] = []
-    where = "" if host.root == "/" else f" under {host.root}"
-    out.append(("gpu", "ok" if host.gpus else "warn",
-                f"{len(host.gpus)} NVIDIA GPU(s){where}, driver {host.driver or '?'} "
-                f"({host.source})", None if host.gpus else "sudo nvidia-modprobe -c=0 -u"))
-    libcuda = any(f.name.startswith("libcuda.so.") for f in host.libraries)
-    if not libcuda:
-        out.append(("gpu libraries", "warn", "libcuda.so.<version> is not in the loader's "
-                    "cache: boxes get the devices but CUDA cannot start",
-                    "install the driver's user-space libraries, then `sudo ldconfig`"))
-    elif host.driver and host.lib_version and host.driver != host.lib_version:
-        out.append(("gpu libraries", "fail", f"driver/library mismatch: the kernel module is "
-                    f"{host.driver}, libcuda is {host.lib_version}; CUDA fails with "
-                    "'driver/library version mismatch'",
-                    "reboot (or reload the nvidia kernel modules) after a driver upgrade"))
-    else:
-        out.append(("gpu libraries", "ok", f"{len(host.libraries)} libraries, libcuda "
-                    f"{host.lib_version}", None))
-    for node in (*host.control, *(g.node for g in host.gpus)):
-        if node.startswith("/dev/nvidia-caps/") or node == "/dev/nvidia-modeset":
-            continue  # admin-only by design (MIG config) or display only
-        path = host.host_path(node)
-        if not os.access(path, os.R_OK | os.W_OK):
-            try:
-                import grp
-
-                group = grp.getgrgid(os.stat(path).st_gid).gr_name
-            except (KeyError, OSError):
-                group = "its group"
-            out.append((node, "warn", "you cannot open it: boxes cannot use it either",
-                        f"sudo usermod -aG {group} $USER (then log in again), or make it "
-                        "0666 with a udev rule"))
-    for problem in host.problems:
-        fix = "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`, or remove the " \
-            "spec" if problem.startswith("CDI") else "sudo nvidia-modprobe -u -c=0"
-        out.append(("gpu", "warn", problem, fix))
-    return out

@@ -225,7 +225,7 @@ def prepare_gpus(request: Request | None, environ: Mapping[str, str], *, cache_d
         return None
     ld_cache = ensure_ld_cache(host, cache_dir) if host.libraries else None
     ops = plan_gpu(host, gpus, ld_cache, idmap)
-    env = box_env(gpus, host)
+    env = box_env(gpus, host, environ)
     if host.binaries:
         from coopy.box import BOX_PATH
 

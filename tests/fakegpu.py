@@ -104,3 +104,36 @@ def build_fake_driver(root: Path, gpus: int = 2, *, uvm: bool = True,
     os.chmod(smi, 0o755)
     subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
     return root
+
+
+def build_fake_wsl(root: Path) -> Path:
+    """A WSL2 tree: /dev/dxg and /usr/lib/wsl/lib with a stub libcuda.so.1.1 (SONAME
+    libcuda.so.1), libdxcore.so and nvidia-smi, as Windows' driver installs them."""
+    lib = root / "usr/lib/wsl/lib"
+    lib.mkdir(parents=True)
+    (root / "dev").mkdir()
+    _node(root / "dev/dxg")
+    cc = ["gcc", "-shared", "-fPIC", "-O1", "-Wall", "-Werror"]
+    subprocess.run([*cc, "-Wl,-soname,libcuda.so.1", "-o", str(lib / "libcuda.so.1.1"),
+                    str(FIXTURES / "libcuda_stub.c")], check=True)
+    (lib / "libcuda.so.1").symlink_to("libcuda.so.1.1")
+    empty = root / "empty.c"
+    empty.write_text("int coopy_fake_dxcore(void) { return 0; }\n")
+    subprocess.run([*cc, "-Wl,-soname,libdxcore.so", "-o", str(lib / "libdxcore.so"),
+                    str(empty)], check=True)
+    empty.unlink()
+    (lib / "nvidia-smi").write_text(SMI)
+    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+    os.chmod(lib / "nvidia-smi", 0o755)
+    return root
+
+
+def build_fake_amd(root: Path, gpus: int = 2) -> Path:
+    """An AMD (ROCm) tree: /dev/kfd and /dev/dri/renderD128… (card* nodes are ignored)."""
+    (root / "dev/dri").mkdir(parents=True)
+    _node(root / "dev/kfd")
+    for i in range(gpus):
+        _node(root / "dev/dri" / f"renderD{128 + i}")
+        _node(root / "dev/dri" / f"card{i}")
+    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+    return root

@@ -36,12 +36,13 @@ def report(selection: str | None) -> dict[str, object]:
     from coopy.gpubox import held_locks, sonames
 
     host = discover()
-    allowed, why = allowed_gpus(host.gpus, os.environ)
+    allowed, why = allowed_gpus(host.gpus, os.environ, host.vendor)
     request = parse_gpus(selection) if selection else None
     chosen = select_gpus(host, request, os.environ)
     return {
         "root": host.root,
         "source": host.source,
+        "vendor": host.vendor,
         "driver_version": host.driver,
         "library_version": host.lib_version,
         "gpus": [{**g._asdict(), "allowed": g in allowed, "selected": g in chosen}
@@ -53,7 +54,7 @@ def report(selection: str | None) -> dict[str, object]:
         "binaries": [f._asdict() for f in host.binaries],
         "firmware": list(host.firmware),
         "sockets": list(host.sockets),
-        "env": box_env(chosen, host) if chosen else {},
+        "env": box_env(chosen, host, os.environ) if chosen else {},
         "held": [{"lock": lock, "holder": holder} for lock, holder in held_locks()],
         "problems": list(host.problems),
     }
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     for g in gpus:
         mark = "passed in" if g["selected"] else (
             "not selected" if g["allowed"] else "not yours")
-        print(f"GPU {g['index']}:    /dev/nvidia{g['minor']}  {g['uuid'] or '-'}  "
+        print(f"GPU {g['index']}:    {g['node']}  {g['uuid'] or '-'}  "
               f"{g['model'] or ''}  [{mark}]")
     if data["restricted_by"]:
         print(f"limited by: {data['restricted_by']}")

@@ -217,3 +217,36 @@ def test_doctor_reports_a_driver_library_mismatch(box_user: BoxUser, gpu_root: P
         assert stat.S_IMODE(os.stat(gpu_root / "dev/nvidia1").st_mode) == 0o666
     finally:
         shutil.rmtree(broken)
+
+
+def test_wsl_box_loads_the_windows_driver_library(box_user: BoxUser) -> None:
+    from tests.fakegpu import build_fake_wsl
+
+    root = build_fake_wsl(WORK_BASE / f"gpu-wsl-{uuid.uuid4().hex[:8]}")
+    try:
+        os.chmod(root, 0o755)
+        out = cuda_probe(box_user, root, env={"CUDA_VISIBLE_DEVICES": "0"})
+        assert out.get("error") is None
+        assert out["mapped"] == ["/run/coopy/gpu/lib/libcuda.so.1.1"]
+        assert out["init"] == 100  # the stub's answer without /dev/nvidiactl: loaded, ran
+        assert out["nodes"] == [] and out["env"]["CUDA_VISIBLE_DEVICES"] == "0"
+        res = box_user.coopy("run", "--", "sh", "-c", "test -c /dev/dxg || test -f /dev/dxg; "
+                             "ls /run/coopy/gpu/bin", cwd=box_user.workspace(), env=_env(root))
+        assert res.returncode == 0 and res.stdout.split() == ["nvidia-smi"], res.stderr
+    finally:
+        shutil.rmtree(root)
+
+
+def test_amd_box_gets_kfd_and_its_render_nodes(box_user: BoxUser) -> None:
+    from tests.fakegpu import build_fake_amd
+
+    root = build_fake_amd(WORK_BASE / f"gpu-amd-{uuid.uuid4().hex[:8]}", gpus=2)
+    try:
+        os.chmod(root, 0o755)
+        res = box_user.coopy("run", "--gpus", "1", "--", "sh", "-c",
+                             "ls /dev/kfd /dev/dri; : <>/dev/dri/renderD129 && echo opened",
+                             cwd=box_user.workspace(), env=_env(root))
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split() == ["/dev/kfd", "/dev/dri:", "renderD129", "opened"]
+    finally:
+        shutil.rmtree(root)

@@ -411,3 +411,44 @@ def test_seccomp_keeps_what_cuda_needs() -> None:
                for r in ioctls)
     sockets = next(r for r in seccomp.RULES if r.syscall == "socket")
     assert {seccomp.AF_UNIX, seccomp.AF_INET, seccomp.AF_INET6} <= set(sockets.values)
+
+
+# ---- WSL2 and AMD ------------------------------------------------------------------
+
+
+def test_wsl_discovery_and_plan(tmp_path: Path) -> None:
+    from tests.fakegpu import build_fake_wsl
+
+    root = build_fake_wsl(tmp_path / "wsl")
+    host = G.discover(str(root))
+    assert (host.source, host.vendor, host.lib_version) == ("wsl", "wsl", "1.1")
+    assert [g.node for g in host.gpus] == ["/dev/dxg"]
+    assert {(f.name, f.soname) for f in host.libraries} == {
+        ("libcuda.so.1.1", "libcuda.so.1"), ("libdxcore.so", "libdxcore.so")}
+    assert [b.name for b in host.binaries] == ["nvidia-smi"]
+    ops = gpubox.plan_gpu(host, host.gpus, None)
+    assert ops[0] == Bind(f"{root}/dev/dxg", "/dev/dxg", directory=False, nodev=False)
+    assert Symlink("/run/coopy/gpu/lib/libcuda.so.1", "libcuda.so.1.1") in ops
+    # /dev/dxg serves every GPU: the caller's CUDA_VISIBLE_DEVICES goes in as it is
+    env = G.box_env(host.gpus, host, {"CUDA_VISIBLE_DEVICES": "1"})
+    assert env["CUDA_VISIBLE_DEVICES"] == "1" and "NVIDIA_VISIBLE_DEVICES" not in env
+
+
+def test_amd_discovery_and_selection(tmp_path: Path) -> None:
+    from tests.fakegpu import build_fake_amd
+
+    root = build_fake_amd(tmp_path / "amd", gpus=3)
+    host = G.discover(str(root))
+    assert (host.source, host.vendor, host.control) == ("amd", "amd", ("/dev/kfd",))
+    assert [(g.index, g.node) for g in host.gpus] == [
+        (0, "/dev/dri/renderD128"), (1, "/dev/dri/renderD129"), (2, "/dev/dri/renderD130")]
+    assert host.libraries == ()
+    picked = G.select_gpus(host, None, {"HIP_VISIBLE_DEVICES": "2,0"})
+    assert [g.index for g in picked] == [2, 0]
+    picked = G.select_gpus(host, None, {"ROCR_VISIBLE_DEVICES": "1,2",
+                                        "HIP_VISIBLE_DEVICES": "1"})
+    assert [g.index for g in picked] == [2]  # HIP counts within what ROCR left
+    assert G.box_env(picked, host) == {}
+    ops = gpubox.plan_gpu(host, picked, None)
+    assert [op.target for op in ops if isinstance(op, Bind)] == [
+        "/dev/kfd", "/dev/dri/renderD130"]
