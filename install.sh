@@ -45,7 +45,7 @@ as_root() {
 }
 
 # 1. System packages -------------------------------------------------------------------
-PKGS="python3 python3-venv gcc make libc6-dev uidmap"
+PKGS="python3 python3-venv gcc make libc6-dev uidmap passt"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \

@@ -20,6 +20,7 @@ from coopy.idmap import IdMap, build_idmap, build_workspace_idmap
 
 if TYPE_CHECKING:  # imported where used, at run time: start-up cost
     from coopy.gpubox import BoxGpus
+    from coopy.net import NetSetup, PortMap
     from coopy.ops import Op
     from coopy.plan import BoxSpec
     from coopy.rootfs import BoxUser
@@ -59,6 +60,9 @@ class RunRequest(NamedTuple):
     hostname: str | None = None
     user: str | None = None
     net: str = "none"
+    ports: tuple[PortMap, ...] = ()  # published in the private mode
+    allow: tuple[str, ...] = ()  # the allow mode's names, IPs and CIDRs
+    net_backend: str = "auto"  # private: "pasta", "slirp4netns" or whichever is found
     userns: str = "auto"
     shm_size: int | None = None
     tmp_size: int | None = None
@@ -219,6 +223,7 @@ class Prepared(NamedTuple):
     idmap: IdMap | None
     user: BoxUser
     box_dir: Path
+    network: NetSetup | None = None
     gpus: BoxGpus | None = None
 
 
@@ -280,6 +285,7 @@ def _with_box(
     except ValueError as exc:
         raise ConfigError(f"[workspace] path: {exc}") from None
     mounts, create_vols = _resolve_mounts(req, state_dir() / "volumes")
+    network = _plan_network(req)
     hostname = req.hostname or box_hostname(workspace)
     root_box = facts.uid == 0 and idmap is not None
     # Boxes of root: box root is the first id of root's one subordinate range.
@@ -346,7 +352,7 @@ def _with_box(
         try:
             skel, _ = create_host_layers(
                 rundir.path, facts, hostname=hostname, net=req.net, user=user,
-                owner=owner, host_passwd=host_passwd,
+                owner=owner, host_passwd=host_passwd, resolv=_resolv_conf(req.net, network),
             )
         except OSError as exc:
             raise HostError(
@@ -354,8 +360,15 @@ def _with_box(
                 hint=STATE_FS_HINT,
             ) from exc
         spec = spec_for(str(rundir.path), str(skel))
-        prepared = Prepared(req, facts, spec, build_plan(spec, facts), idmap, user, rundir.path,
-                            gpus)
+        if network is not None:
+            network = network._replace(log_path=str(rundir.path / "net.log"))
+            if network.backend == "proxy":
+                from coopy.proxy import write_allow_file
+
+                network = network._replace(allow_path=str(rundir.path / "allow"))
+                write_allow_file(network.allow_path, req.allow)
+        prepared = Prepared(req, facts, spec, build_plan(spec, facts), idmap, user,
+                            rundir.path, network, gpus)
         return body(prepared)
     finally:
         _release(gpus)  # a keeper holds its own copies of the locks
@@ -385,6 +398,37 @@ def _gpus(req: RunRequest, facts: HostFacts, persistent: bool, root_box: bool) -
 def _release(gpus: BoxGpus | None) -> None:
     for fd in gpus.locks if gpus else ():
         os.close(fd)
+
+
+def _plan_network(req: RunRequest) -> NetSetup | None:
+    """Probe what the box's network mode needs (refused before anything is made)."""
+    from coopy.net import default_gateway, plan_network, usable_resolvers
+
+    forward = None
+    if req.net == "private" and not usable_resolvers(
+            _read("/etc/resolv.conf") or "", _read("/run/systemd/resolve/resolv.conf")):
+        # Only loopback resolvers (a local dnsmasq…): pasta forwards DNS sent to the
+        # gateway to them.  Not otherwise: it rewrites the source of every DNS reply.
+        forward = default_gateway(_read("/proc/net/route") or "")
+    return plan_network(req.net, req.net_backend, req.ports, "/dev/null", forward)
+
+
+def _resolv_conf(mode: str, network: NetSetup | None) -> str:
+    from coopy.net import SLIRP_DNS, resolv_conf
+
+    forwarder = None
+    if network is not None:
+        forwarder = network.dns_forward if network.backend == "pasta" else SLIRP_DNS
+    return resolv_conf(mode, _read("/etc/resolv.conf"),
+                       _read("/run/systemd/resolve/resolv.conf"), forwarder)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _userns_remover(idmap: IdMap, facts: HostFacts) -> object:
@@ -453,6 +497,10 @@ def build_launch(p: Prepared, tty: bool, stdio: tuple[int, int, int]) -> Launch:
                          "which this host does not give: not applied (`coopy doctor`)\n")
     env = build_env(os.environ, req.env, home=user.home, user=user.name,
                     hostname=spec.hostname)
+    if req.net == "allow":
+        from coopy.net import proxy_env
+
+        env.update(proxy_env())
     root_box = facts.uid == 0 and idmap is not None
     ws_idmap = None
     if root_box and idmap is not None and user.uid != 0:
@@ -484,4 +532,5 @@ def build_launch(p: Prepared, tty: bool, stdio: tuple[int, int, int]) -> Launch:
         nproc=req.pids,
         nofile=req.nofile,
         memory=req.memory,
+        network=p.network,
     )

@@ -95,6 +95,7 @@ class NetworkConfig(NamedTuple):
     allow: tuple[str, ...] = ()
     ports: tuple[str, ...] = ()
     oauth_ports: tuple[int, ...] = ()
+    backend: str = "auto"
 
 
 class GpuConfig(NamedTuple):

@@ -386,7 +386,9 @@ SCHEMA: Final[Mapping[str, Mapping[str, Convert]]] = {
         # coop's "veth" was its own private network: the same promise, so it maps.
         "mode": _choice("private", "host", "none", "allow", aliases={"veth": "private"}),
         "allow": _list(_pattern(_HOST, "a domain, *.suffix, IP or CIDR"), "hosts"),
-        "ports": _list(_pattern(rf"({_PORT}:)?{_PORT}(/(tcp|udp))?", '"8080:80"'), "ports"),
+        "ports": _list(_pattern(rf"(([0-9.]+|\[[0-9a-fA-F:]+\]):)?({_PORT}:)?{_PORT}(/(tcp|udp))?",
+                                '"8080:80"'), "ports"),
+        "backend": _choice("auto", "pasta", "slirp4netns"),
         "oauth_ports": _list(_count(1, 65535), "port numbers"),
     },
     "gpu": {"devices": _gpu_devices, "exclusive": _bool},

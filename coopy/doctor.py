@@ -159,6 +159,27 @@ def check_device(path: str, purpose: str) -> Check:
     return Check(path, "ok", f"mode {mode:o}{note}")
 
 
+def check_network(facts: HostFacts) -> Check:
+    """The default `private` network: a NAT helper installed and /dev/net/tun usable."""
+    from coopy.errors import HostError
+    from coopy.net import check_tun, find_backend
+
+    try:
+        name, path = find_backend("auto")
+        if facts.uid != 0:
+            check_tun()
+    except HostError as exc:
+        return Check("network", "fail", f"{exc.message}: boxes need --net none or host",
+                     exc.hint)
+    other = "slirp4netns" if name == "pasta" else None
+    extra = ""
+    if other:
+        import shutil
+
+        extra = f"; {other} also installed" if shutil.which(other) else ""
+    return Check("network", "ok", f"private network through {name} ({path}){extra}")
+
+
 def check_capabilities(facts: HostFacts) -> Check | None:
     """Root without CAP_SYS_RESOURCE (some containers) cannot raise rlimits for boxes."""
     if facts.uid != 0:
@@ -252,7 +273,8 @@ def run_checks(facts: HostFacts, state: str, *, box: bool = True) -> list[Check]
     """Every check, in the order a reader fixes them."""
     checks = [check_kernel(facts), check_userns(facts), check_subids(facts),
               check_newuidmap(facts), check_state_fs(state), check_cgroups(),
-              check_device("/dev/net/tun", "rootless networking (pasta/slirp4netns)"),
+              check_device("/dev/net/tun", "the private network of rootless boxes"),
+              check_network(facts),
               check_device("/dev/fuse", "fuse-overlayfs")]
     caps = check_capabilities(facts)
     if caps is not None:

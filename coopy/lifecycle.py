@@ -97,7 +97,8 @@ def create(req: RunRequest, name: str, *, scrollback: int = SCROLLBACK,
                                 hint="give another name with -n")
     record = BoxRecord(name=name, workspace=str(req.workspace.resolve()),
                        command=tuple(req.command), image=req.image, network=req.net,
-                       state="creating", created=time.time(), mounts=mount_specs(req))
+                       state="creating", created=time.time(), mounts=mount_specs(req),
+                       ports=tuple(str(port) for port in req.ports))
     write_record(box_dir, record)
     sock = socket_path(name)
 

@@ -284,6 +284,7 @@ def create_host_layers(
     user: BoxUser,
     owner: tuple[int, int] | None,
     host_passwd: str,
+    resolv: str | None = None,
 ) -> tuple[Path, Path]:
     """Write the generated /etc layer of a box, find its skeleton; return both paths.
 
@@ -302,7 +303,9 @@ def create_host_layers(
     _write(etc / "group", build_group(_read_text("/etc/group"), users))
     _write(etc / "hosts", build_hosts(hostname))
     _write(etc / "hostname", hostname + "\n")
-    _write(etc / "resolv.conf", build_resolv_conf(net, _read_text("/etc/resolv.conf")))
+    if resolv is None:
+        resolv = build_resolv_conf(net, _read_text("/etc/resolv.conf"))
+    _write(etc / "resolv.conf", resolv)
     _write(etc / "machine-id", os.urandom(16).hex() + "\n", 0o444)
     for rel in hidden_etc_entries():
         parent = etc / os.path.dirname(rel)

@@ -20,7 +20,9 @@ Protocol between P and its children, numbered as in the code below:
 3. A: becomes root of its namespace, unshares mount/UTS/IPC/PID/cgroup(/net), forks B
    and sends ``B<pid>``; then waits for B and exits with its status.
 4. B (PID 1): applies the plan, opens the box's PTY (sends ``T`` with its master),
-   execs coopy-init from a sealed memfd.  The error pipe is CLOEXEC: EOF means exec
+   execs coopy-init from a sealed memfd.  With a private network, P starts the NAT
+   helper as soon as it has B's pid (4a), in parallel with the plan, and B waits for
+   ``N`` (the helper is ready) before the exec (4b).  The error pipe is CLOEXEC: EOF means exec
    happened; any failure before is written to it as JSON and B exits 125.
 """
 
@@ -33,7 +35,7 @@ import signal
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from coopy import syscalls as sc
 from coopy.errors import CoopyError, HostError, SetupError
@@ -41,6 +43,9 @@ from coopy.idmap import IdMap, IdRange
 from coopy.mount import Trees, apply_plan, clone_sources
 from coopy.ops import Op
 from coopy.syscalls import CloneFlag as CL
+
+if TYPE_CHECKING:
+    from coopy.net import Helper, NetSetup
 
 INIT_NAME = "coopy-init"
 _TIOCSPTLCK = 0x40045431  # not in Python's termios module
@@ -76,22 +81,26 @@ class Launch(NamedTuple):
     nofile: int | None = None
     memory: int | None = None  # RLIMIT_DATA per process (no cgroup on this host)
     control: bool = False  # keep a channel to coopy-init for shells and exec (keeper)
+    network: NetSetup | None = None  # private network: the NAT helper P starts (coopy.net)
 
 
 class Started:
     """A running box: A's pid (the one to wait for), B's pidfd, the PTY master if any."""
 
     def __init__(self, pid: int, init_pidfd: int, master: int | None,
-                 control: socket.socket | None = None) -> None:
+                 control: socket.socket | None = None, helper: Helper | None = None) -> None:
         self.pid = pid
         self.init_pidfd = init_pidfd
         self.master = master
         self.control = control  # SOCK_SEQPACKET to coopy-init (Launch.control)
+        self.helper = helper  # the private network's NAT helper, stopped with the box
 
     def wait(self) -> int:
         """Wait for the box to end; its command's status as a shell reports it."""
         _, status = os.waitpid(self.pid, 0)
         os.close(self.init_pidfd)
+        if self.helper is not None:
+            self.helper.stop()
         if os.WIFSIGNALED(status):
             return 128 + os.WTERMSIG(status)
         return os.WEXITSTATUS(status)
@@ -133,6 +142,7 @@ def start(launch: Launch) -> Started:
     os.close(init_fd)
     init_pidfd = -1
     master: int | None = None
+    helper: Helper | None = None
     try:
         msg, _ = _recv(ours)
         if launch.idmap is not None and msg == b"U":
@@ -148,15 +158,35 @@ def start(launch: Launch) -> Started:
             msg, _ = _recv(ours)
         if msg.startswith(b"B"):
             init_pidfd = os.pidfd_open(int(msg[1:]))
+            if launch.network is not None and launch.network.backend == "proxy":
+                from coopy.net import start_proxy
+
+                msg, fds = _recv(ours)  # "L": the proxy's socket in the box's netns
+                if msg == b"L" and fds:
+                    try:
+                        helper = start_proxy(launch.network, fds[0])
+                    finally:
+                        os.close(fds[0])
+            elif launch.network is not None:  # 4a: in parallel with B's plan
+                from coopy.net import start_helper
+
+                helper = start_helper(launch.network, int(msg[1:]))
             msg, fds = _recv(ours)
             if msg == b"T" and fds:
                 master = fds[0]
+            if launch.network is not None and msg in (b"T", b"-"):
+                if helper is None:
+                    raise SetupError("the box's network proxy could not be started")
+                helper.wait_ready()
+                ours.send(b"N")  # 4b
         error = _read_all(err_r)
         if error:
             raise _decode(error)
         if init_pidfd < 0:
             raise SetupError("the box's setup process ended without a word")
     except BaseException:
+        if helper is not None:
+            helper.stop()
         if master is not None:
             os.close(master)
         if init_pidfd >= 0:
@@ -169,7 +199,7 @@ def start(launch: Launch) -> Started:
         os.close(err_r)
         if not launch.control:
             ours.close()
-    return Started(pid, init_pidfd, master, ours if launch.control else None)
+    return Started(pid, init_pidfd, master, ours if launch.control else None, helper)
 
 
 # ---- P's side ----------------------------------------------------------------------------
@@ -362,6 +392,10 @@ def _child_a(launch: Launch, sock: socket.socket, err_w: int, init_fd: int) -> N
             sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent:
                 os._exit(125)
+            # The same change made A (and B, forked from it) undumpable, so /proc/B/ns
+            # would be closed to the network helper (pasta drops CAP_SYS_PTRACE before
+            # joining).  B is dumpable anyway once it execs coopy-init.
+            sc.prctl(sc.PR_SET_DUMPABLE, 1)
     flags = CL.CLONE_NEWNS | CL.CLONE_NEWUTS | CL.CLONE_NEWIPC | CL.CLONE_NEWPID
     flags |= CL.CLONE_NEWCGROUP
     if launch.net != "host":
@@ -394,9 +428,17 @@ def _child_b(launch: Launch, sock: socket.socket, trees: Trees, init_fd: int) ->
         os._exit(125)
     sc.sethostname(launch.hostname)
     if launch.net != "host":
-        from coopy.net import bring_up_loopback
+        from coopy.net import block_routes, bring_up_loopback
 
         bring_up_loopback()
+        if launch.network is not None:
+            block_routes(launch.network.blocked)
+            if launch.network.backend == "proxy":
+                from coopy.net import proxy_listener
+
+                listener = proxy_listener()
+                socket.send_fds(sock, [b"L"], [listener.fileno()])
+                listener.close()
     apply_plan(launch.plan, trees, userxattr=launch.userxattr, attach_at=launch.attach_at)
     try:
         os.chdir(launch.cwd)
@@ -410,6 +452,8 @@ def _child_b(launch: Launch, sock: socket.socket, trees: Trees, init_fd: int) ->
     else:
         sock.send(b"-")
         stdio = launch.stdio
+    if launch.network is not None and sock.recv(1) != b"N":
+        os._exit(125)  # the network helper failed: P reports why
     for target, fd in enumerate(stdio):
         os.dup2(fd, target, inheritable=True)
     filter_fd = None

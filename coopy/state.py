@@ -138,6 +138,7 @@ class BoxRecord(NamedTuple):
     exit_status: int | None = None
     mounts: tuple[str, ...] = ()  # "SRC:DST[:ro]" as the box was made (restart compares)
     gpus: tuple[str, ...] = ()  # host indices of its GPUs
+    ports: tuple[str, ...] = ()  # published: "127.0.0.1:8080->80/tcp"
 
     def can_attach(self) -> bool:
         """Only a running box has a terminal to attach to."""

@@ -9,6 +9,7 @@ approved the file's exact content with ``coopy trust``, recorded by hash as dire
 |---|---|
 | ``[sandbox] mounts``, ``[[mount]]`` with a source outside the workspace | host files |
 | ``[network] mode`` host or allow, ``allow`` | the host's network, names out |
+| ``[network] ports`` bound to a non-loopback IP | the box served to the LAN |
 | ``[env]`` values ``"$VAR"``, ``[agent] pass_env`` | the host's variables (secrets) |
 | ``[security]`` seccomp = false, nested_userns = true | the box's own defences |
 | ``[workspace] git = "rw"`` | hooks that run on the host |
@@ -57,6 +58,9 @@ def project_grants(config: Config, project: Path, workspace: Path) -> list[Grant
             grants.append(Grant(key, line, f"network mode {config.network.mode!r}"))
         elif key == "network.allow" and config.network.allow:
             grants.append(Grant(key, line, f"network allow {', '.join(config.network.allow)}"))
+        elif key == "network.ports" and _public_ports(config.network.ports):
+            grants.append(Grant(key, line, "publish ports on host addresses other than "
+                                f"loopback: {', '.join(_public_ports(config.network.ports))}"))
         elif key.startswith("env.") and config.env.get(key[4:], "").startswith("$"):
             grants.append(Grant(key, line, f"env {key[4:]} from the host's "
                                 f"{config.env[key[4:]]}"))
@@ -75,6 +79,18 @@ def project_grants(config: Config, project: Path, workspace: Path) -> list[Grant
     return grants
 
 
+def _public_ports(specs: tuple[str, ...]) -> list[str]:
+    """Port specs whose host side binds an address other than loopback."""
+    out = []
+    for spec in specs:
+        body = spec.partition("/")[0]
+        ip = body[1:].partition("]")[0] if body.startswith("[") else (
+            body.split(":")[0] if body.count(":") == 2 else "127.0.0.1")
+        if not (ip.startswith("127.") or ip == "::1"):
+            out.append(spec)
+    return out
+
+
 def without_grants(config: Config, grants: list[Grant]) -> Config:
     """The config with what ``grants`` name set back to what the other layers say."""
     from coopy.config import AgentConfig, NetworkConfig, SecurityConfig
@@ -86,6 +102,8 @@ def without_grants(config: Config, grants: list[Grant]) -> Config:
     network = config.network
     if keys & {"network.mode", "network.allow"}:
         network = NetworkConfig()
+    if "network.ports" in keys:
+        network = network._replace(ports=())
     security = config.security
     if keys & {"security.seccomp", "security.nested_userns"}:
         security = SecurityConfig()

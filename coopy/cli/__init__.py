@@ -19,6 +19,7 @@ VERBS = {
     "exec": ("coopy.cli.exec", "run a command in a running box, no terminal"),
     "ls": ("coopy.cli.ls", "list your boxes"),
     "logs": ("coopy.cli.logs", "print a box's terminal log"),
+    "allow": ("coopy.cli.allow", "let a running allow-mode box reach one more name"),
     "restart": ("coopy.cli.restart", "restart a box's agent with the re-read config"),
     "kill": ("coopy.cli.kill", "stop a box (SIGTERM, grace, SIGKILL)"),
     "rm": ("coopy.cli.rm", "remove a box and its upper layer"),

@@ -11,6 +11,7 @@ examples:
   coopy logs               this workspace's box
   coopy logs -n 50 review  its last 50 lines
   coopy logs -f            follow while the box runs
+  coopy logs --net review  what its network proxy allowed and denied
 """
 
 
@@ -21,6 +22,9 @@ def parser() -> Parser:
     p.add_argument("-n", "--lines", type=int, default=None, help="only the last N lines")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing while it runs")
     p.add_argument("--strip", action="store_true", help="remove ANSI escape sequences")
+    p.add_argument("--net", action="store_true",
+                   help="the network's log instead: the allow proxy's ALLOW/DENY lines, "
+                   "or the NAT helper's messages")
     return p
 
 
@@ -42,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.buffer.flush()
 
     data = b""
-    for name in ("log.1", "log"):
+    for name in (("net.log",) if args.net else ("log.1", "log")):
         try:
             data += (box_dir / name).read_bytes()
         except FileNotFoundError:
@@ -52,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     out(data)
     if not args.follow:
         return 0
-    path = box_dir / "log"
+    path = box_dir / ("net.log" if args.net else "log")
     pos = path.stat().st_size if path.exists() else 0
     while keeper_alive(record):
         time.sleep(0.1)

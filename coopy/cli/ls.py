@@ -11,7 +11,7 @@ EPILOG = """\
 examples:
   coopy ls
   coopy ls --json          name, workspace, state, uptime, clients, shells, image,
-                           gpus, network, pid, exit_status
+                           gpus, network, ports, pid, exit_status
 """
 
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
             "name": record.name, "workspace": record.workspace, "state": record.state,
             "uptime": round(now - record.started, 1) if running else None,
             "clients": clients, "shells": shells, "image": record.image,
-            "gpus": list(record.gpus), "network": record.network,
+            "gpus": list(record.gpus), "network": record.network, "ports": list(record.ports),
             "pid": record.keeper_pid if running else None,
             "exit_status": record.exit_status,
         })
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print("no boxes (`coopy` in a project creates one)")
     else:
-        print(f"{'NAME':<20} {'STATE':<9} {'UPTIME':>8} {'CLIENTS':>7}  WORKSPACE")
+        print(f"{'NAME':<20} {'STATE':<9} {'UPTIME':>8} {'CLIENTS':>7}  {'NETWORK':<8} WORKSPACE")
     for r in rows:
         state = str(r["state"])
         if r["exit_status"] is not None and state != "running":
@@ -57,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
         up = r["uptime"]
         uptime = f"{int(up)}s" if isinstance(up, float) else "-"
         shown = str(r["clients"]) if r["clients"] is not None else "-"
-        print(f"{r['name']:<20} {state:<9} {uptime:>8} {shown:>7}  {r['workspace']}")
+        net = str(r["network"])
+        ports = r["ports"]
+        extra = f"  ports {', '.join(ports)}" if isinstance(ports, list) and ports else ""
+        print(f"{r['name']:<20} {state:<9} {uptime:>8} {shown:>7}  {net:<8} {r['workspace']}"
+              f"{extra}")
     for lock, holder in held:
         print(f"GPU {lock}: held by {holder}")
     return 0

@@ -13,6 +13,7 @@ from coopy.cli._args import Parser, command_of
 if TYPE_CHECKING:
     from coopy.box import RunRequest
     from coopy.config import Config
+    from coopy.net import PortMap
 
 EPILOG = """\
 examples:
@@ -61,8 +62,16 @@ def add_box_options(p: Parser) -> None:
     p.add_argument("--hostname", help="the box's hostname (default: the workspace's name)")
     p.add_argument("--user", metavar="NAME",
                    help="run as a named non-root user (default: root of the box)")
-    p.add_argument("--net", choices=("none", "host"),
-                   help="none: own network, loopback only (default); host: the host's")
+    p.add_argument("--net", choices=("private", "none", "host", "allow"),
+                   help="private: own network with outbound NAT through pasta or "
+                   "slirp4netns (default); none: loopback only; host: the host's network; "
+                   "allow: only the names given with --allow, through a proxy")
+    p.add_argument("--allow", metavar="NAME", action="append", default=[],
+                   help="with --net allow: a domain, *.suffix, IP or CIDR to admit; "
+                   "repeatable, adds to [network] allow")
+    p.add_argument("-p", "--publish", metavar="[IP:]HOST:BOX[/udp]", action="append",
+                   default=[], help="publish a box port on the host (private network; "
+                   "the host side binds 127.0.0.1 unless IP is given); repeatable")
     p.add_argument("--userns", choices=("auto", "host"), default="auto",
                    help="host (root only): no user namespace, box root is host root")
     p.add_argument("--shm-size", metavar="SIZE",
@@ -140,14 +149,7 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         elif key in os.environ:
             env[key] = os.environ[key]
     net = config.network.mode
-    if net not in ("none", "host"):
-        if net == "private" and "network.mode" not in config.origin:
-            net = "none"  # `private` comes with the networking release; `none` until then
-        else:
-            raise ConfigError(
-                f"network mode {net!r} is not available in this release",
-                hint="use --net none or --net host",
-            )
+    ports = _ports(config, [str(p) for p in getattr(args, "publish", [])], net)
     try:
         shm = parse_size(args.shm_size) if args.shm_size else None
     except ValueError as exc:
@@ -171,6 +173,9 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         hostname=args.hostname,
         user=config.sandbox.user,
         net=net,
+        ports=ports,
+        allow=tuple(config.network.allow) + tuple(getattr(args, "allow", None) or ()),
+        net_backend=config.network.backend,
         userns=args.userns,
         shm_size=shm,
         tty=getattr(args, "tty", None),
@@ -186,3 +191,23 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         gpu_exclusive=config.gpu.exclusive,
     )
     return request, config
+
+
+def _ports(config: Config, flags: list[str], net: str) -> tuple[PortMap, ...]:
+    """-p and [network] ports, then the OAuth callback ports that are free on the host."""
+    from coopy.net import PortMap, parse_port, port_free
+
+    ports = [parse_port(s, f"[network] ports {s!r}") for s in config.network.ports]
+    ports += [parse_port(s) for s in flags]
+    taken = {(p.host_ip, p.host_port, p.proto) for p in ports}
+    if net == "private":
+        for number in config.network.oauth_ports:
+            port = PortMap("127.0.0.1", number, number)
+            if (port.host_ip, number, "tcp") in taken:
+                continue
+            if port_free(port):
+                ports.append(port)
+            else:
+                sys.stderr.write(f"coopy: note: OAuth callback port {number} is in use on "
+                                 "the host (another box?): not forwarded to this one\n")
+    return tuple(ports)

@@ -57,7 +57,7 @@ def test_detached_box_runs_logs_and_is_killed(box_user: BoxUser, name: str) -> N
     assert res.returncode == 0, res.stderr
     assert f"box {name} is running" in res.stdout
     info = wait_state(box_user, name, "running")
-    assert info["workspace"] == str(ws) and info["network"] == "none"
+    assert info["workspace"] == str(ws) and info["network"] == "private"
     assert isinstance(info["pid"], int)
     deadline = time.monotonic() + TIMEOUT
     while "agent-started" not in box_user.coopy("logs", name).stdout:
