@@ -250,3 +250,26 @@ def test_amd_box_gets_kfd_and_its_render_nodes(box_user: BoxUser) -> None:
         assert res.stdout.split() == ["/dev/kfd", "/dev/dri:", "renderD129", "opened"]
     finally:
         shutil.rmtree(root)
+
+
+def test_cdi_spec_decides_what_the_box_gets(box_user: BoxUser, gpu_root: Path) -> None:
+    from tests.fakegpu import multiarch
+    from tests.unit.test_gpu import CDI_YAML
+
+    root = WORK_BASE / f"gpu-cdi-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(gpu_root, root, symlinks=True)
+    try:
+        (root / "etc/cdi").mkdir(mode=0o755)
+        (root / "etc/cdi/nvidia.yaml").write_text(CDI_YAML.format(
+            arch=multiarch(), version="535.104.05", uuid=UUIDS[1]))
+        os.chmod(root / "etc/cdi/nvidia.yaml", 0o644)
+        out = cuda_probe(box_user, root)
+        # the spec's only GPU is /dev/nvidia1; its libcuda and nvidia-smi are passed in
+        assert (out["init"], out["names"]) == (0, ["Fake GPU /dev/nvidia1"])
+        assert out["mapped"] == ["/run/coopy/gpu/lib/libcuda.so.535.104.05"]
+        assert "libnvidia-ml.so.1" not in out["ldconfig_p"]  # not in the spec
+        assert out["env"]["NVIDIA_VISIBLE_DEVICES"] == UUIDS[1]
+        gpu = json.loads(box_user.coopy("gpu", "--json", env=_env(root)).stdout)
+        assert gpu["source"] == "cdi:/etc/cdi/nvidia.yaml"
+    finally:
+        shutil.rmtree(root)
