@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         net = str(r["network"])
         ports = r["ports"]
         extra = f"  ports {', '.join(ports)}" if isinstance(ports, list) and ports else ""
+        gpus = r["gpus"]
+        extra += f"  gpus {','.join(gpus)}" if isinstance(gpus, list) and gpus else ""
         print(f"{r['name']:<20} {state:<9} {uptime:>8} {shown:>7}  {net:<8} {r['workspace']}"
               f"{extra}")
     for lock, holder in held:

@@ -158,6 +158,8 @@ def test_exclusive_gpu_is_held_by_a_box_until_it_ends(
         assert f"coopy: GPU 0 is held by box {name} of {box_user.pw.pw_name}" in res.stderr
         listing = box_user.coopy("ls", env=env)
         assert f"held by box {name} of {box_user.pw.pw_name} (GPU 0)" in listing.stdout
+        assert any(line.startswith(name) and line.endswith("gpus 0")
+                   for line in listing.stdout.splitlines()), listing.stdout
         rows = json.loads(box_user.coopy("ls", "--json", env=env).stdout)
         assert next(r for r in rows if r["name"] == name)["gpus"] == ["0"]
         # the other GPU is free; without exclusive nobody is refused
