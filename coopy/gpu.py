@@ -36,7 +36,7 @@ KNOWN_LIBS = (
     "libnvidia-nscq.so", "libnvidia-ptxjitcompiler.so", "libnvidia-nvvm.so",
     "libnvidia-gpucomp.so", "libnvidia-opencl.so", "libnvidia-allocator.so",
     "libnvidia-pkcs11.so", "libnvidia-pkcs11-openssl3.so", "libnvidia-fatbinaryloader.so",
-    "libnvidia-compiler.so", "libnvidia-tileiras.so",
+    "libnvidia-compiler.so", "libnvidia-tileiras.so", "libnvidia-nvvm70.so",
 )
 # Libraries of the driver's directory a compute box does not get: graphics and display
 # (NVIDIA_DRIVER_CAPABILITIES "graphics"/"display"), and never the GLVND loaders.

@@ -4,7 +4,8 @@ What it holds, as a real host would: device nodes (/dev/nvidiactl, nvidia-uvm,
 nvidia-uvm-tools, nvidia<N>), /proc/driver/nvidia/{version,gpus/<bus>/information}, a
 stub ``libcuda.so.<version>`` compiled here with gcc (tests/fixtures/nvidia/) plus
 stub NVML/PTX-JIT libraries and a graphics one that a box must not get, the SONAME links
-and ``/etc/ld.so.cache`` made by the real ``ldconfig -r``, and an ``nvidia-smi`` script.
+and ``/etc/ld.so.cache`` made by the real ``ldconfig -r``, an ``nvidia-smi`` script and
+nvidia-persistenced's socket.
 
 Device nodes: when the suite runs as root they are real character devices with
 /dev/null's numbers (1:3) made with mknod, so a box can open them only if coopy binds
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -99,6 +101,11 @@ def build_fake_driver(root: Path, gpus: int = 2, *, uvm: bool = True,
     # -r chroots: as root directly, otherwise in a user namespace of our own
     prefix = [] if os.getuid() == 0 else ["unshare", "-r"]
     subprocess.run([*prefix, ldconfig, "-r", str(root)], check=True)
+    # nvidia-persistenced's socket (NVML asks it about persistence mode)
+    (root / "run/nvidia-persistenced").mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(root / "run/nvidia-persistenced/socket"))
+    os.chmod(root / "run/nvidia-persistenced/socket", 0o777)
     smi = root / "usr/bin/nvidia-smi"
     smi.write_text(SMI)
     os.chmod(smi, 0o755)

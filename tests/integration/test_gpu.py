@@ -100,7 +100,8 @@ def test_config_selects_gpus(box_user: BoxUser, gpu_root: Path) -> None:
 
 def test_nvidia_smi_and_the_box_around_the_gpus(box_user: BoxUser, gpu_root: Path) -> None:
     script = (
-        "nvidia-smi; grep -E ' /dev/(nvidia1|shm) ' /proc/self/mountinfo; "
+        "nvidia-smi; test -S /run/nvidia-persistenced/socket && echo socket; "
+        "grep -E ' /dev/(nvidia1|shm) ' /proc/self/mountinfo; "
         "stat -c '%F' /dev/nvidia1; df -k /dev/shm | tail -1; ulimit -l; "
         "printf probe > /proc/$$/task/$$/comm && "
         "cat /proc/$$/task/$$/comm"
@@ -109,7 +110,7 @@ def test_nvidia_smi_and_the_box_around_the_gpus(box_user: BoxUser, gpu_root: Pat
                          cwd=box_user.workspace(), env=_env(gpu_root))
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[0] == "GPU 0: Fake GPU (/dev/nvidia1)"
+    assert lines[:2] == ["GPU 0: Fake GPU (/dev/nvidia1)", "socket"]
     node = next(line for line in lines if " /dev/nvidia1 " in line)
     assert "nodev" not in node.split()[5].split(",")  # the mount's own options
     kind = "character special file" if box_user.uid == 0 or os.getuid() == 0 else \

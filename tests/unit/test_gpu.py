@@ -230,6 +230,8 @@ def test_plan_gpu_ops(tree: Path) -> None:
         Symlink("/run/coopy/gpu/lib/libcuda.so", "libcuda.so.1"),
         Bind(f"{tree}/usr/bin/nvidia-smi", "/run/coopy/gpu/bin/nvidia-smi", readonly=True,
              directory=False),
+        Bind(f"{tree}/run/nvidia-persistenced/socket", "/run/nvidia-persistenced/socket",
+             directory=False, noexec=True),
         Bind("/state/gpu/ld.so.cache-x", "/etc/ld.so.cache", readonly=True, directory=False,
              idmap=True),
     )
