@@ -53,7 +53,8 @@ def test_torch_matmul(box_user: BoxUser) -> None:
     ws = box_user.workspace()
     install = box_user.coopy(
         "run", "--net", "host", "--", "sh", "-c",
-        "python3 -m venv venv && venv/bin/pip install -q torch", cwd=ws, timeout=1800)
+        "python3 -m venv venv && mkdir -p tmp && TMPDIR=$PWD/tmp venv/bin/pip install -q "
+        "--no-cache-dir torch", cwd=ws, timeout=1800)
     if install.returncode != 0:
         pytest.skip(f"pip could not install torch here: {install.stderr[-300:]}")
     script = ("import torch; assert torch.cuda.is_available(); "

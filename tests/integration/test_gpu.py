@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,7 +203,7 @@ def test_doctor_reports_a_driver_library_mismatch(box_user: BoxUser, gpu_root: P
     assert checks["gpu"]["status"] == "ok" and "2 NVIDIA GPU(s)" in checks["gpu"]["detail"]
     assert checks["gpu libraries"]["status"] == "ok"
     broken = WORK_BASE / f"gpu-mismatch-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(gpu_root, broken, symlinks=True)
+    subprocess.run(["cp", "-a", str(gpu_root), str(broken)], check=True)
     try:
         version = broken / "proc/driver/nvidia/version"
         version.write_text(version.read_text().replace("535.104.05", "550.54.14"))
@@ -260,7 +261,7 @@ def test_cdi_spec_decides_what_the_box_gets(box_user: BoxUser, gpu_root: Path) -
     from tests.unit.test_gpu import CDI_YAML
 
     root = WORK_BASE / f"gpu-cdi-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(gpu_root, root, symlinks=True)
+    subprocess.run(["cp", "-a", str(gpu_root), str(root)], check=True)
     try:
         (root / "etc/cdi").mkdir(mode=0o755)
         (root / "etc/cdi/nvidia.yaml").write_text(CDI_YAML.format(
