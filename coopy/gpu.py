@@ -495,7 +495,8 @@ def select_gpus(host: GpuHost, request: Request | None, env: Mapping[str, str]) 
     if not host.gpus:
         if not explicit:
             return ()
-        why = "; ".join(host.problems) or f"no NVIDIA GPU under {host.host_path('/dev')}"
+        why = "; ".join(host.problems) or (
+            f"no {host.host_path('/dev/nvidiactl')}, /dev/dxg (WSL2) or /dev/kfd (AMD)")
         raise GpuError(f"GPUs were asked for (--gpus {shown}) but this host has none: {why}",
                        hint="`coopy gpu` and `coopy doctor` show what was found; "
                        "--gpus none runs without")

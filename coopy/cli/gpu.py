@@ -75,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
     gpus = data["gpus"]
     assert isinstance(gpus, list)
     if not gpus:
-        print("GPUs:     none")
+        print("GPUs:     none (no /dev/nvidiactl, /dev/dxg or /dev/kfd)")
+        for problem in data["problems"]:  # type: ignore[attr-defined]
+            print(f"problem:  {problem}")
+        return 0
     for g in gpus:
         mark = "passed in" if g["selected"] else (
             "not selected" if g["allowed"] else "not yours")
