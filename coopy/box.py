@@ -19,6 +19,7 @@ from coopy.facts import HostFacts
 from coopy.idmap import IdMap, build_idmap, build_workspace_idmap
 
 if TYPE_CHECKING:  # imported where used, at run time: start-up cost
+    from coopy.gpubox import BoxGpus
     from coopy.net import NetSetup, PortMap
     from coopy.ops import Op
     from coopy.plan import BoxSpec
@@ -78,6 +79,8 @@ class RunRequest(NamedTuple):
     worktree: str | None = None  # the box's own git worktree (coopy/worktree.py)
     workspace_mode: str = "rw"  # "cow": the box writes into an overlay (coopy/changes.py)
     etc_files: tuple[tuple[str, str], ...] = ()  # (path under /etc, text) added to its /etc
+    gpus: str | tuple[int | str, ...] | None = None  # None: all there are, if any
+    gpu_exclusive: bool = False
 
 
 def box_hostname(workspace: Path) -> str:
@@ -225,6 +228,7 @@ class Prepared(NamedTuple):
     user: BoxUser
     box_dir: Path
     network: NetSetup | None = None
+    gpus: BoxGpus | None = None
 
 
 def run(req: RunRequest) -> int:
@@ -290,6 +294,9 @@ def _with_box(
     root_box = facts.uid == 0 and idmap is not None
     # Boxes of root: box root is the first id of root's one subordinate range.
     owner = (idmap.uids[0].outside, idmap.gids[0].outside) if root_box and idmap else None
+    gpus = _gpus(req, facts, keep, root_box)
+    if gpus is not None:
+        req = req._replace(env={**gpus.env, **req.env})
 
     def spec_for(box_dir: str, skel: str) -> BoxSpec:
         return BoxSpec(
@@ -302,12 +309,13 @@ def _with_box(
             workspace_target=ws_target,
             volumes=tuple(Volume(s, t, ro, d) for s, t, ro, d in mounts),
             net=req.net,
-            shm_size=req.shm_size or (64 << 20),
+            shm_size=req.shm_size or (gpus.shm if gpus else 64 << 20),
             tmp_size=req.tmp_size,
             tty_gid=5 if idmap is None or idmap.maps_gid(5) else None,
             idmap_binds=root_box,
             readonly=git_readonly(workspace, req.git),
             workspace_cow=f"{box_dir}/ws" if req.workspace_mode == "cow" else None,
+            extra=gpus.ops if gpus else (),
         )
 
     if req.dry_run:
@@ -328,7 +336,11 @@ def _with_box(
     warning = single_id_warning(facts, idmap) if idmap is not None else None
     if warning:
         warn_once("single-id", warning)
-    rundir = make_dir()
+    try:
+        rundir = make_dir()
+    except BaseException:
+        _release(gpus)
+        raise
     remover = None
     if idmap is not None and facts.uid != 0 and idmap.subordinate:
         remover = _userns_remover(idmap, facts)
@@ -368,9 +380,10 @@ def _with_box(
                 network = network._replace(allow_path=str(rundir.path / "allow"))
                 write_allow_file(network.allow_path, req.allow)
         prepared = Prepared(req, facts, spec, build_plan(spec, facts), idmap, user,
-                            rundir.path, network)
+                            rundir.path, network, gpus)
         return body(prepared)
     finally:
+        _release(gpus)  # a keeper holds its own copies of the locks
         if keep:
             rundir.release()
         else:
@@ -386,6 +399,28 @@ def _write_etc(etc: Path, rel: str, text: str, owner: tuple[int, int] | None) ->
     if owner is not None:
         for p in (path.parent, path):
             os.chown(p, *owner)
+
+
+def _gpus(req: RunRequest, facts: HostFacts, persistent: bool, root_box: bool) -> BoxGpus | None:
+    """The box's GPUs (coopy/gpubox.py), locked when exclusive; None without any."""
+    if req.gpus == "none":
+        return None
+    root = os.environ.get("COOPY_GPU_ROOT") or "/"  # coopy.gpu.ENV_ROOT
+    if req.gpus is None and not any(os.path.exists(os.path.join(root, "dev", node))
+                                    for node in ("nvidiactl", "dxg", "kfd")):
+        return None  # the default on a host without GPUs: three stats, no import
+    from coopy.gpubox import prepare_gpus
+    from coopy.paths import state_dir
+
+    what = f"box {req.hostname}" if persistent else f"`coopy run` pid {os.getpid()}"
+    return prepare_gpus(req.gpus, os.environ, cache_dir=state_dir() / "gpu", idmap=root_box,
+                        exclusive=req.gpu_exclusive, holder=f"{what} of {facts.user}",
+                        dry_run=req.dry_run)
+
+
+def _release(gpus: BoxGpus | None) -> None:
+    for fd in gpus.locks if gpus else ():
+        os.close(fd)
 
 
 def _plan_network(req: RunRequest) -> NetSetup | None:

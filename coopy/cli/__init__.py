@@ -31,6 +31,7 @@ VERBS = {
     "init": ("coopy.cli.init", "write a commented coop.toml here"),
     "trust": ("coopy.cli.trust", "approve the nearest coop.toml and what it grants"),
     "doctor": ("coopy.cli.doctor", "check this host and say how to fix what is missing"),
+    "gpu": ("coopy.cli.gpu", "show what a box would get of this host's GPUs"),
 }
 
 USAGE = """\

@@ -23,6 +23,7 @@ examples:
   coopy run --user agent -- id          a named non-root user (files still yours)
   coopy run --dry-run -- true           print the mount plan, start nothing
   coopy run --agent codex -- exec "fix the tests"   an agent preset, hands-off
+  coopy run --gpus 0,2 -- nvidia-smi    two of the host's GPUs (default: all of them)
 
 The workspace (-w, default: the directory of the nearest coop.toml, else the current
 directory) is mounted read-write at its own path and is the working directory.  The
@@ -74,7 +75,10 @@ def add_box_options(p: Parser) -> None:
                    "the host side binds 127.0.0.1 unless IP is given); repeatable")
     p.add_argument("--userns", choices=("auto", "host"), default="auto",
                    help="host (root only): no user namespace, box root is host root")
-    p.add_argument("--shm-size", metavar="SIZE", help="size of /dev/shm (default 64m)")
+    p.add_argument("--shm-size", metavar="SIZE",
+                   help="size of /dev/shm (default 64m; with GPUs half of the RAM)")
+    p.add_argument("--gpus", metavar="all|none|0,2|GPU-UUID",
+                   help="NVIDIA GPUs passed in (default [gpu] devices: all there are)")
     p.add_argument("--agent", metavar="NAME",
                    help="an agent preset (claude, codex, gemini, opencode, aider: "
                    "`coopy agents`) or a command line; -- ARGS are added to it")
@@ -164,6 +168,13 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         raise ConfigError(f"--shm-size: {exc}") from None
     if shm is None:
         shm = config.sandbox.shm
+    gpus: str | tuple[int | str, ...] | None = None  # default: all there are, if any
+    if args.gpus:
+        from coopy.gpu import parse_gpus
+
+        gpus = parse_gpus(args.gpus)
+    elif config.gpu.devices != "all":  # "all" in a file: all there are, none is no error
+        gpus = config.gpu.devices
     request = RunRequest(
         command=command,
         workspace=workspace,
@@ -189,6 +200,8 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         nofile=config.limits.nofile,
         memory=config.limits.memory,
         cpus=config.limits.cpus,
+        gpus=gpus,
+        gpu_exclusive=config.gpu.exclusive,
     )
     if config.conda.env:
         from coopy.conda import apply_conda
