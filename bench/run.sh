@@ -1,7 +1,7 @@
 #!/bin/sh
 # Run the start-up benchmark against one coopy: $COOPY_BIN, else the test venv's, else PATH's.
 # Arguments pass through to bench/startup (e.g. --runs 20, --json); a first argument
-# `security`, `boxes`, `network` or `images` runs that script of bench/ instead.
+# `security`, `boxes`, `network`, `gpu` or `images` runs that script of bench/ instead.
 set -eu
 here=$(dirname "$0")
 if [ -z "${COOPY_BIN:-}" ]; then
@@ -21,5 +21,6 @@ case ${1:-} in
     boxes) shift; exec /usr/bin/python3 "$here/boxes" "$@" ;;
     images) shift; exec /usr/bin/python3 "$here/images" "$@" ;;
     network) shift; exec /usr/bin/python3 "$here/network" "$@" ;;
+    gpu) shift; exec /usr/bin/python3 "$here/gpu" "$@" ;;
 esac
 exec /usr/bin/python3 "$here/startup" "$@"

@@ -19,6 +19,7 @@ from coopy.facts import HostFacts
 from coopy.idmap import IdMap, build_idmap, build_workspace_idmap
 
 if TYPE_CHECKING:  # imported where used, at run time: start-up cost
+    from coopy.gpubox import BoxGpus
     from coopy.net import NetSetup, PortMap
     from coopy.ops import Op
     from coopy.plan import BoxSpec
@@ -77,6 +78,12 @@ class RunRequest(NamedTuple):
     setup: tuple[str, ...] = ()  # [sandbox] setup: steps built into layers on the image
     platform: str | None = None  # [image] platform: which image of a multi-platform index
     insecure: bool = False  # [image] insecure: plain HTTP to a registry not on loopback
+    agent: str | None = None  # the preset's name (coopy/agents.py), for `coopy ls`
+    worktree: str | None = None  # the box's own git worktree (coopy/worktree.py)
+    workspace_mode: str = "rw"  # "cow": the box writes into an overlay (coopy/changes.py)
+    etc_files: tuple[tuple[str, str], ...] = ()  # (path under /etc, text) added to its /etc
+    gpus: str | tuple[int | str, ...] | None = None  # None: all there are, if any
+    gpu_exclusive: bool = False
 
 
 def box_hostname(workspace: Path) -> str:
@@ -236,6 +243,7 @@ class Prepared(NamedTuple):
     user: BoxUser
     box_dir: Path
     network: NetSetup | None = None
+    gpus: BoxGpus | None = None
 
 
 def run(req: RunRequest) -> int:
@@ -313,6 +321,9 @@ def _with_box(
     root_box = facts.uid == 0 and idmap is not None
     # Boxes of root: box root is the first id of root's one subordinate range.
     owner = (idmap.uids[0].outside, idmap.gids[0].outside) if root_box and idmap else None
+    gpus = _gpus(req, facts, keep, root_box)
+    if gpus is not None:
+        req = req._replace(env={**gpus.env, **req.env})
 
     def spec_for(box_dir: str, skel: str) -> BoxSpec:
         return BoxSpec(
@@ -325,12 +336,14 @@ def _with_box(
             workspace_target=ws_target,
             volumes=tuple(Volume(s, t, ro, d) for s, t, ro, d in mounts),
             net=req.net,
-            shm_size=req.shm_size or (64 << 20),
+            shm_size=req.shm_size or (gpus.shm if gpus else 64 << 20),
             tmp_size=req.tmp_size,
             tty_gid=5 if idmap is None or idmap.maps_gid(5) else None,
             idmap_binds=root_box,
             readonly=git_readonly(workspace, req.git),
             image_layers=image_layers,
+            workspace_cow=f"{box_dir}/ws" if req.workspace_mode == "cow" else None,
+            extra=gpus.ops if gpus else (),
         )
 
     if req.dry_run:
@@ -351,12 +364,17 @@ def _with_box(
     warning = single_id_warning(facts, idmap) if idmap is not None else None
     if warning:
         warn_once("single-id", warning)
-    rundir = make_dir()
+    try:
+        rundir = make_dir()
+    except BaseException:
+        _release(gpus)
+        raise
     remover = None
     if idmap is not None and facts.uid != 0 and idmap.subordinate:
         remover = _userns_remover(idmap, facts)
     try:
-        for sub in ("upper", "work", "root"):
+        cow = ("ws", "ws/upper", "ws/work") if req.workspace_mode == "cow" else ()
+        for sub in ("upper", "work", "root", *cow):
             (rundir.path / sub).mkdir(mode=0o755, exist_ok=True)
             if owner is not None:
                 os.chown(rundir.path / sub, *owner)
@@ -380,6 +398,13 @@ def _with_box(
                 f"cannot prepare the box's layers in {rundir.path}: {exc.strerror}",
                 hint=STATE_FS_HINT,
             ) from exc
+        etc_dir = rundir.path / ("image-etc/etc" if image_layers else "etc")
+        for rel, text in req.etc_files:
+            _write_etc(etc_dir, rel, text, owner)
+        if req.git == "ro" and (workspace / ".git").exists():
+            from coopy.gitguard import write_push_block
+
+            write_push_block(etc_dir, workspace, owner)
         spec = spec_for(str(rundir.path), str(skel))
         if network is not None:
             network = network._replace(log_path=str(rundir.path / "net.log"))
@@ -389,9 +414,10 @@ def _with_box(
                 network = network._replace(allow_path=str(rundir.path / "allow"))
                 write_allow_file(network.allow_path, req.allow)
         prepared = Prepared(req, facts, spec, build_plan(spec, facts), idmap, user,
-                            rundir.path, network)
+                            rundir.path, network, gpus)
         return body(prepared)
     finally:
+        _release(gpus)  # a keeper holds its own copies of the locks
         if keep:
             rundir.release()
         else:
@@ -419,6 +445,39 @@ def _image_layers(box_dir: Path, layers: tuple[str, ...], facts: HostFacts, user
         for i in range(len(layers)):
             (box_dir / "lower" / str(i)).mkdir(mode=0o711, parents=True, exist_ok=True)
     return box_dir / "image-etc"
+
+
+def _write_etc(etc: Path, rel: str, text: str, owner: tuple[int, int] | None) -> None:
+    """A file of the box's generated /etc layer (read-only in the box)."""
+    path = etc / rel
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path.write_text(text)
+    os.chmod(path, 0o644)
+    if owner is not None:
+        for p in (path.parent, path):
+            os.chown(p, *owner)
+
+
+def _gpus(req: RunRequest, facts: HostFacts, persistent: bool, root_box: bool) -> BoxGpus | None:
+    """The box's GPUs (coopy/gpubox.py), locked when exclusive; None without any."""
+    if req.gpus == "none":
+        return None
+    root = os.environ.get("COOPY_GPU_ROOT") or "/"  # coopy.gpu.ENV_ROOT
+    if req.gpus is None and not any(os.path.exists(os.path.join(root, "dev", node))
+                                    for node in ("nvidiactl", "dxg", "kfd")):
+        return None  # the default on a host without GPUs: three stats, no import
+    from coopy.gpubox import prepare_gpus
+    from coopy.paths import state_dir
+
+    what = f"box {req.hostname}" if persistent else f"`coopy run` pid {os.getpid()}"
+    return prepare_gpus(req.gpus, os.environ, cache_dir=state_dir() / "gpu", idmap=root_box,
+                        exclusive=req.gpu_exclusive, holder=f"{what} of {facts.user}",
+                        dry_run=req.dry_run)
+
+
+def _release(gpus: BoxGpus | None) -> None:
+    for fd in gpus.locks if gpus else ():
+        os.close(fd)
 
 
 def _plan_network(req: RunRequest) -> NetSetup | None:

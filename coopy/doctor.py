@@ -195,11 +195,55 @@ def check_capabilities(facts: HostFacts) -> Check | None:
     return Check("capabilities", "ok", "root has CAP_SYS_RESOURCE")
 
 
-def check_gpu() -> Check:
-    """Whether an NVIDIA driver is loaded (GPUs are passed in by a later release)."""
-    if os.path.exists("/proc/driver/nvidia/version"):
-        return Check("gpu", "ok", "NVIDIA driver loaded")
-    return Check("gpu", "ok", "no NVIDIA driver: boxes get no GPU")
+def check_gpus() -> list[Check]:
+    """The GPU driver, its libraries and devices (coopy/gpu.py), with fixes."""
+    from coopy.gpu import discover
+
+    host = discover()
+    if host.source == "none":
+        if host.driver:
+            return [Check("gpu", "warn", host.problems[0], "sudo nvidia-modprobe -c=0 -u "
+                          "(or load the driver: sudo modprobe nvidia)")]
+        return [Check("gpu", "ok", "no GPU: boxes get none")]
+    where = "" if host.root == "/" else f" under {host.root}"
+    kind = {"amd": "AMD", "wsl": "WSL2 (NVIDIA through /dev/dxg)"}.get(host.vendor, "NVIDIA")
+    out = [Check("gpu", "ok" if host.gpus else "warn",
+                 f"{len(host.gpus)} {kind} GPU(s){where}, driver {host.driver or '?'} "
+                 f"({host.source})", None if host.gpus else "sudo nvidia-modprobe -c=0 -u")]
+    libcuda = any(f.name.startswith("libcuda.so.") for f in host.libraries)
+    if host.vendor == "amd":
+        pass  # ROCm's libraries are the image's
+    elif not libcuda:
+        out.append(Check("gpu libraries", "warn", "libcuda.so.<version> is not in the loader's "
+                         "cache: boxes get the devices but CUDA cannot start",
+                         "install the driver's user-space libraries, then `sudo ldconfig`"))
+    elif host.driver and host.lib_version and host.driver != host.lib_version:
+        out.append(Check("gpu libraries", "fail", f"driver/library mismatch: the kernel module "
+                         f"is {host.driver}, libcuda is {host.lib_version}; CUDA fails with "
+                         "'driver/library version mismatch'",
+                         "reboot (or reload the nvidia kernel modules) after a driver upgrade"))
+    else:
+        out.append(Check("gpu libraries", "ok", f"{len(host.libraries)} libraries, libcuda "
+                         f"{host.lib_version}"))
+    for node in (*host.control, *(g.node for g in host.gpus)):
+        if node.startswith("/dev/nvidia-caps/") or node == "/dev/nvidia-modeset":
+            continue  # admin-only by design (MIG configuration) or display only
+        path = host.host_path(node)
+        if not os.access(path, os.R_OK | os.W_OK):
+            try:
+                import grp
+
+                group = grp.getgrgid(os.stat(path).st_gid).gr_name
+            except (KeyError, OSError):
+                group = "its group"
+            out.append(Check(node, "warn", "you cannot open it: boxes cannot use it either",
+                             f"sudo usermod -aG {group} $USER (then log in again), or make "
+                             "it 0666 with a udev rule"))
+    for problem in host.problems:
+        fix = "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`, or remove the " \
+            "spec" if problem.startswith("CDI") else "sudo nvidia-modprobe -u -c=0"
+        out.append(Check("gpu", "warn", problem, fix))
+    return out
 
 
 def check_box() -> Check:
@@ -235,7 +279,7 @@ def run_checks(facts: HostFacts, state: str, *, box: bool = True) -> list[Check]
     caps = check_capabilities(facts)
     if caps is not None:
         checks.append(caps)
-    checks.append(check_gpu())
+    checks += check_gpus()
     if box and not any(c.status == "fail" for c in checks):
         checks.append(check_box())
     return checks

@@ -98,14 +98,17 @@ def create(req: RunRequest, name: str, *, scrollback: int = SCROLLBACK,
     record = BoxRecord(name=name, workspace=str(req.workspace.resolve()),
                        command=tuple(req.command), image=req.image, network=req.net,
                        state="creating", created=time.time(), mounts=mount_specs(req),
+                       agent=req.agent or "", worktree=req.worktree or "",
                        ports=tuple(str(port) for port in req.ports))
     write_record(box_dir, record)
     sock = socket_path(name)
 
     def start_keeper(p: Prepared) -> int:
         launch = build_launch(p, True, (0, 1, 2))
-        return launch_keeper(launch, record, box_dir, sock, scrollback, log_max,
-                             auto_restart, restart_delay)
+        gpus = tuple(str(g.index) for g in p.gpus.gpus) if p.gpus else ()
+        return launch_keeper(launch, record._replace(gpus=gpus), box_dir, sock, scrollback,
+                             log_max, auto_restart, restart_delay,
+                             keep_fds=p.gpus.locks if p.gpus else ())
 
     try:
         _with_box(req, lambda: RunDir(box_dir, lock), start_keeper, keep=True)
@@ -249,7 +252,7 @@ def _remover() -> object:
 
 def launch_keeper(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Path,
                   scrollback: int, log_max: int, auto_restart: bool = False,
-                  restart_delay: float = 1.0) -> int:
+                  restart_delay: float = 1.0, keep_fds: tuple[int, ...] = ()) -> int:
     """Start a detached keeper for ``launch``; return its pid once the box runs.
 
     Double fork: the keeper is reparented to init (or the nearest subreaper) and lives in
@@ -268,7 +271,7 @@ def launch_keeper(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: P
             if os.fork() != 0:
                 os._exit(0)
             _keeper_main(launch, record, box_dir, sock_path, scrollback, log_max, wr,
-                         auto_restart, restart_delay)
+                         auto_restart, restart_delay, keep_fds)
         except BaseException as exc:  # noqa: BLE001 - told to the caller, then exit
             message = exc.message if isinstance(exc, CoopyError) else str(exc)
             with contextlib.suppress(OSError):
@@ -295,7 +298,7 @@ def launch_keeper(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: P
 
 def _keeper_main(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Path,
                  scrollback: int, log_max: int, ready_fd: int, auto_restart: bool,
-                 restart_delay: float) -> None:
+                 restart_delay: float, keep_fds: tuple[int, ...] = ()) -> None:
     # Nothing of the caller's terminal: stdio to /dev/null, errors to keeper.log.
     null = os.open("/dev/null", os.O_RDWR)
     log = os.open(box_dir / "keeper.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -304,9 +307,13 @@ def _keeper_main(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Pa
     os.dup2(log, 2)
     os.close(null)
     os.close(log)
-    # Nothing else of the caller's either (its creation lock, its terminal's fds).
-    os.closerange(3, ready_fd)
-    os.closerange(ready_fd + 1, 65536)
+    # Nothing else of the caller's either (its creation lock, its terminal's fds), but
+    # the box's GPU locks (coopy/gpubox.py): the keeper holds them for the box's life.
+    low = 3
+    for fd in sorted({ready_fd, *keep_fds}):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 65536)
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     with contextlib.suppress(FileNotFoundError):

@@ -30,7 +30,7 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from coopy.errors import ConfigError, HostError
@@ -115,6 +115,29 @@ def port_free(port: PortMap) -> bool:
         except OSError:
             return False
     return True
+
+
+def oauth_forwards(ports: tuple[PortMap, ...], numbers: Iterable[int],
+                   net: str) -> tuple[PortMap, ...]:
+    """``ports`` plus the OAuth callback ``numbers`` (``[network] oauth_ports``, an agent
+    preset's) that are free on the host's loopback; the private network only."""
+    import sys
+
+    out = list(ports)
+    if net != "private":
+        return ports
+    taken = {(p.host_ip, p.host_port, p.proto) for p in ports}
+    for number in numbers:
+        port = PortMap("127.0.0.1", number, number)
+        if (port.host_ip, number, "tcp") in taken:
+            continue
+        taken.add((port.host_ip, number, "tcp"))
+        if port_free(port):
+            out.append(port)
+        else:
+            sys.stderr.write(f"coopy: note: OAuth callback port {number} is in use on "
+                             "the host (another box?): not forwarded to this one\n")
+    return tuple(out)
 
 
 # ---- DNS ----------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ PROC_MASKED = (
 # writable (cuInit on driver 570+ writes its thread names).
 PROC_READONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
 
+COW_LOWER = "/run/coopy/workspace"  # the workspace as it is on the host, in cow boxes of root
 DEFAULT_SHM = 64 << 20  # like Docker; [sandbox] shm raises it (CUDA/NCCL want more)
 
 
@@ -95,6 +96,9 @@ class BoxSpec(NamedTuple):
     readonly: tuple[tuple[str, bool], ...] = ()
     extra: tuple[Op, ...] = ()
     image_layers: tuple[str, ...] = ()  # host: a pulled image's layers, top first
+    # [workspace] mode = "cow": the workspace is an overlay whose upper (and work) dir
+    # is this host directory's upper/ (work/); None: the workspace is bound read-write
+    workspace_cow: str | None = None
 
 
 def plan_host_image(spec: BoxSpec, facts: HostFacts) -> tuple[Op, ...]:
@@ -145,10 +149,20 @@ def plan_user_mounts(spec: BoxSpec) -> tuple[Op, ...]:
     Later mounts may land inside earlier ones (a volume inside the workspace), never the
     reverse, so the workspace goes first.
     """
-    ops: list[Op] = [
-        Mkdir(spec.workspace_target),
-        Bind(spec.workspace, spec.workspace_target, idmap=spec.idmap_binds),
-    ]
+    ops: list[Op] = [Mkdir(spec.workspace_target)]
+    if spec.workspace_cow:
+        lower = spec.workspace
+        if spec.idmap_binds:
+            # Boxes of root: the host's files must be box root's, or overlay cannot copy
+            # them up (EOVERFLOW): the lower is an id-mapped, read-only bind, reached
+            # through the new root (attached on <box>/root until the pivot).
+            ops.append(Bind(spec.workspace, COW_LOWER, readonly=True, idmap=True))
+            lower = f"{spec.box_dir}/root{COW_LOWER}"
+        ops.append(Overlay(spec.workspace_target, (lower,),
+                           upper=f"{spec.workspace_cow}/upper",
+                           work=f"{spec.workspace_cow}/work"))
+    else:
+        ops.append(Bind(spec.workspace, spec.workspace_target, idmap=spec.idmap_binds))
     for rel, is_dir in spec.readonly:  # each over itself, read-only all the way down
         ops.append(Bind(f"{spec.workspace}/{rel}", f"{spec.workspace_target}/{rel}",
                         readonly=True, directory=is_dir, idmap=spec.idmap_binds))

@@ -137,6 +137,9 @@ class BoxRecord(NamedTuple):
     socket: str = ""
     exit_status: int | None = None
     mounts: tuple[str, ...] = ()  # "SRC:DST[:ro]" as the box was made (restart compares)
+    agent: str = ""  # the agent preset's name, "" for a command line
+    worktree: str = ""  # the git worktree the box works in (`coopy -n NAME --worktree`)
+    gpus: tuple[str, ...] = ()  # host indices of its GPUs
     ports: tuple[str, ...] = ()  # published: "127.0.0.1:8080->80/tcp"
 
     def can_attach(self) -> bool:
@@ -159,6 +162,7 @@ def write_record(box_dir: Path, record: BoxRecord) -> None:
     data = record._asdict()
     data["command"] = list(record.command)
     data["mounts"] = list(record.mounts)
+    data["gpus"] = list(record.gpus)
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, box_dir / "box.json")
 
@@ -171,6 +175,7 @@ def read_record(box_dir: Path) -> BoxRecord | None:
         data = json.loads((box_dir / "box.json").read_text())
         data["command"] = tuple(data.get("command", ()))
         data["mounts"] = tuple(data.get("mounts", ()))
+        data["gpus"] = tuple(data.get("gpus", ()))
         return BoxRecord(**{k: v for k, v in data.items() if k in BoxRecord._fields})
     except (OSError, ValueError, TypeError):
         return None

@@ -13,7 +13,9 @@ approved the file's exact content with ``coopy trust``, recorded by hash as dire
 | ``[env]`` values ``"$VAR"``, ``[agent] pass_env`` | the host's variables (secrets) |
 | ``[security]`` seccomp = false, nested_userns = true | the box's own defences |
 | ``[workspace] git = "rw"`` | hooks that run on the host |
-| ``[conda] root``, ``[storage] root`` | host directories |
+| ``[conda] root``, ``[storage] root``, ``[conda] env`` | host directories |
+| ``[sandbox] agent`` naming a preset | the user's login for that agent |
+| ``[workspace] worktree_dir`` outside the workspace | a host directory, read-write |
 
 A changed file needs approval again.  A file owned by neither the user nor root is not
 read at all.
@@ -73,6 +75,16 @@ def project_grants(config: Config, project: Path, workspace: Path) -> list[Grant
             grants.append(Grant(key, line, "allow nested user namespaces and mounts"))
         elif key == "workspace.git" and config.workspace.git == "rw":
             grants.append(Grant(key, line, "make .git/hooks and .git/config writable"))
+        elif key == "sandbox.agent" and _is_preset(config.sandbox.agent):
+            grants.append(Grant(key, line, f"agent preset {config.sandbox.agent}: your "
+                                "login for it (its config directories, read-write)"))
+        elif key == "workspace.worktree_dir" and config.workspace.worktree_dir is not None:
+            wt = os.path.realpath(config.workspace.worktree_dir)
+            if not (wt == ws or wt.startswith(ws + "/")):
+                grants.append(Grant(key, line, f"git worktrees in {wt} (read-write)"))
+        elif key == "conda.env" and config.conda.env:
+            grants.append(Grant(key, line, f"conda env {config.conda.env} (your conda "
+                                "installation, read-only)"))
         elif key in ("conda.root", "storage.root"):
             root = getattr(config, key.split(".")[0]).root
             grants.append(Grant(key, line, f"{key.replace('.', ' ')} {root}"))
@@ -107,18 +119,31 @@ def without_grants(config: Config, grants: list[Grant]) -> Config:
     security = config.security
     if keys & {"security.seccomp", "security.nested_userns"}:
         security = SecurityConfig()
+    sandbox = config.sandbox._replace(mounts=mounts)
+    if "sandbox.agent" in keys:
+        sandbox = sandbox._replace(agent=None)
     workspace = config.workspace
     if "workspace.git" in keys:
         workspace = workspace._replace(git="default")
+    if "workspace.worktree_dir" in keys:
+        workspace = workspace._replace(worktree_dir=None)
     agent = AgentConfig() if "agent.pass_env" in keys else config.agent
     conda = config.conda._replace(root=None) if "conda.root" in keys else config.conda
+    if "conda.env" in keys:
+        conda = conda._replace(env=None)
     storage = config.storage._replace(root=None) if "storage.root" in keys else config.storage
     origin = {k: v for k, v in config.origin.items() if k not in keys}
     return config._replace(
-        sandbox=config.sandbox._replace(mounts=mounts), env=env, network=network,
+        sandbox=sandbox, env=env, network=network,
         security=security, workspace=workspace, agent=agent, conda=conda, storage=storage,
         origin=origin,
     )
+
+
+def _is_preset(agent: str | None) -> bool:
+    from coopy.agents import preset_of
+
+    return preset_of(agent) is not None
 
 
 def _record_path(project: Path) -> Path:

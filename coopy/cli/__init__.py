@@ -23,15 +23,20 @@ VERBS = {
     "restart": ("coopy.cli.restart", "restart a box's agent with the re-read config"),
     "kill": ("coopy.cli.kill", "stop a box (SIGTERM, grace, SIGKILL)"),
     "rm": ("coopy.cli.rm", "remove a box and its upper layer"),
+    "diff": ("coopy.cli.diff", "list what a box changed (--workspace: in a cow workspace)"),
+    "apply": ("coopy.cli.apply", "write a cow box's workspace changes to the host"),
+    "discard": ("coopy.cli.discard", "drop a cow box's workspace changes"),
     "run": ("coopy.cli.run", "run a command in a new, ephemeral box"),
     "build": ("coopy.cli.build", "run the image's setup steps, each cached as a layer"),
     "pull": ("coopy.cli.pull", "fetch an image from a registry (verified, layers shared)"),
     "images": ("coopy.cli.images", "list the images in coopy's store"),
     "system": ("coopy.cli.system", "disk use (df) and clean-up (prune) of images and boxes"),
     "volume": ("coopy.cli.volume", "list or remove named volumes"),
+    "agents": ("coopy.cli.agents", "list the agent presets (claude, codex, …) for this host"),
     "init": ("coopy.cli.init", "write a commented coop.toml here"),
     "trust": ("coopy.cli.trust", "approve the nearest coop.toml and what it grants"),
     "doctor": ("coopy.cli.doctor", "check this host and say how to fix what is missing"),
+    "gpu": ("coopy.cli.gpu", "show what a box would get of this host's GPUs"),
 }
 
 USAGE = """\

@@ -26,8 +26,8 @@ def parser() -> Parser:
 def run(args: argparse.Namespace) -> int:
     """Restart the agent."""
     import os
-    import shlex
     import sys
+    from pathlib import Path
 
     from coopy.cli._args import Parser
     from coopy.cli.attach import default_box
@@ -45,12 +45,23 @@ def run(args: argparse.Namespace) -> int:
         request, config = build_request(p.parse_args([]), [])
     finally:
         os.chdir(here)
-    agent = config.sandbox.agent
-    command = (shlex.split(agent) + list(config.sandbox.args)) if agent else list(
-        record.command)
+    # a preset (from coop.toml, else the one the box was made with) expands again
+    agent = config.sandbox.agent or record.agent or None
+    command = list(record.command)
+    if agent:
+        from coopy.agents import apply_agent
+
+        request = apply_agent(request, agent, [], config.sandbox.args)
+        command = list(request.command)
+    made = record.mounts
+    if record.worktree:  # the repository's .git, mounted for the worktree
+        from coopy.worktree import common_git_dir
+
+        git_dir = str(common_git_dir(Path(record.worktree)))
+        made = tuple(m for m in made if not m.startswith((f"{git_dir}:", f"{git_dir}/")))
     changed = [what for what, now, then in (
         ("image", request.image, record.image), ("network", request.net, record.network),
-        ("mounts", mount_specs(request), record.mounts)) if now != then]
+        ("mounts", mount_specs(request), made)) if now != then]
     if changed:
         sys.stderr.write(f"coopy: warning: coop.toml changed the box's {', '.join(changed)}: "
                          f"that needs a new box (`coopy rm -f {name}` then `coopy`); "

@@ -22,6 +22,8 @@ examples:
   coopy run -w ~/proj -v ~/datasets:/data:ro -e HF_HOME=/data/hf -- python3 train.py
   coopy run --user agent -- id          a named non-root user (files still yours)
   coopy run --dry-run -- true           print the mount plan, start nothing
+  coopy run --agent codex -- exec "fix the tests"   an agent preset, hands-off
+  coopy run --gpus 0,2 -- nvidia-smi    two of the host's GPUs (default: all of them)
 
 The workspace (-w, default: the directory of the nearest coop.toml, else the current
 directory) is mounted read-write at its own path and is the working directory.  The
@@ -73,7 +75,13 @@ def add_box_options(p: Parser) -> None:
                    "the host side binds 127.0.0.1 unless IP is given); repeatable")
     p.add_argument("--userns", choices=("auto", "host"), default="auto",
                    help="host (root only): no user namespace, box root is host root")
-    p.add_argument("--shm-size", metavar="SIZE", help="size of /dev/shm (default 64m)")
+    p.add_argument("--shm-size", metavar="SIZE",
+                   help="size of /dev/shm (default 64m; with GPUs half of the RAM)")
+    p.add_argument("--gpus", metavar="all|none|0,2|GPU-UUID",
+                   help="NVIDIA GPUs passed in (default [gpu] devices: all there are)")
+    p.add_argument("--agent", metavar="NAME",
+                   help="an agent preset (claude, codex, gemini, opencode, aider: "
+                   "`coopy agents`) or a command line; -- ARGS are added to it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,7 +89,11 @@ def run(args: argparse.Namespace) -> int:
     from coopy.box import run as run_box
 
     command = command_of(args)
-    request, _ = build_request(args, command)
+    request, config = build_request(args, command)
+    if args.agent:
+        from coopy.agents import apply_agent
+
+        request = apply_agent(request, args.agent, command, config.sandbox.args)
     return run_box(request)
 
 
@@ -133,6 +145,10 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
                                    m.readonly))
 
     env, missing = expand_env(config.env, os.environ)
+    if config.agent.pass_env:
+        from coopy.agents import pass_env
+
+        env = pass_env(config.agent.pass_env, os.environ) | env
     for name in missing:
         sys.stderr.write(f"coopy: warning: [env] takes ${name} from this environment, "
                          "where it is not set: left unset in the box\n")
@@ -152,6 +168,13 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         raise ConfigError(f"--shm-size: {exc}") from None
     if shm is None:
         shm = config.sandbox.shm
+    gpus: str | tuple[int | str, ...] | None = None  # default: all there are, if any
+    if args.gpus:
+        from coopy.gpu import parse_gpus
+
+        gpus = parse_gpus(args.gpus)
+    elif config.gpu.devices != "all":  # "all" in a file: all there are, none is no error
+        gpus = config.gpu.devices
     request = RunRequest(
         command=command,
         workspace=workspace,
@@ -170,6 +193,7 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         tty=getattr(args, "tty", None),
         dry_run=getattr(args, "dry_run", False),
         git=config.workspace.git,
+        workspace_mode=config.workspace.mode,
         seccomp=config.security.seccomp,
         nested_userns=config.security.nested_userns,
         pids=config.limits.pids,
@@ -179,7 +203,13 @@ def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequ
         setup=_setup_steps(config),
         platform=config.image.platform,
         insecure=config.image.insecure,
+        gpus=gpus,
+        gpu_exclusive=config.gpu.exclusive,
     )
+    if config.conda.env:
+        from coopy.conda import apply_conda
+
+        request = apply_conda(request, config.conda.env, config.conda.root)
     return request, config
 
 
@@ -194,19 +224,8 @@ def _setup_steps(config: Config) -> tuple[str, ...]:
 
 def _ports(config: Config, flags: list[str], net: str) -> tuple[PortMap, ...]:
     """-p and [network] ports, then the OAuth callback ports that are free on the host."""
-    from coopy.net import PortMap, parse_port, port_free
+    from coopy.net import oauth_forwards, parse_port
 
     ports = [parse_port(s, f"[network] ports {s!r}") for s in config.network.ports]
     ports += [parse_port(s) for s in flags]
-    taken = {(p.host_ip, p.host_port, p.proto) for p in ports}
-    if net == "private":
-        for number in config.network.oauth_ports:
-            port = PortMap("127.0.0.1", number, number)
-            if (port.host_ip, number, "tcp") in taken:
-                continue
-            if port_free(port):
-                ports.append(port)
-            else:
-                sys.stderr.write(f"coopy: note: OAuth callback port {number} is in use on "
-                                 "the host (another box?): not forwarded to this one\n")
-    return tuple(ports)
+    return oauth_forwards(tuple(ports), config.network.oauth_ports, net)

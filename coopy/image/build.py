@@ -86,6 +86,9 @@ def _run_step(req: RunRequest, index: int, dest: Path, idmap: IdMap | None,
         command=("/bin/sh", "-c", req.setup[index]), setup=req.setup[:index], tty=False,
         workspace=workspace, workspace_target=BUILD_TARGET, mounts=(), dry_run=False,
         ports=(),  # a step publishes nothing (the box it builds for may)
+        # GPUs would run ldconfig into the step's layer; a worktree or a cow workspace
+        # belongs to the box, not to its image
+        gpus="none", worktree=None, workspace_mode="rw", agent=None,
     )
 
     def keep_upper(p: Prepared, status: int) -> None:
