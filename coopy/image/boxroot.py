@@ -50,6 +50,7 @@ def ensure_image(name: str, *, facts: HostFacts, idmap: IdMap | None,
         missing = [layer for layer in record.layers
                    if not store.layer_path(layer.digest, idmap).is_dir()]
         if not missing:
+            _warn_if_older(record, workspace)
             return record
         if all(store.blob_path(layer.digest).exists() for layer in missing):
             install_layers(store, missing, idmap, facts)
@@ -57,6 +58,20 @@ def ensure_image(name: str, *, facts: HostFacts, idmap: IdMap | None,
     if record is None:
         say(f"coopy: {full} is not here: pulling it")
     return pull(name, facts=facts, idmap=idmap, platform=platform, insecure=insecure)
+
+
+def _warn_if_older(record: ImageRecord, workspace: Path | None) -> None:
+    """Say so when the project's coop.toml changed after the image was pulled: the
+    config may name a tag that has moved since."""
+    if workspace is None:
+        return
+    try:
+        changed = (workspace / "coop.toml").stat().st_mtime
+    except OSError:
+        return
+    if changed > record.created:
+        say(f"coopy: note: {record.name} was pulled before coop.toml last changed; "
+            f"`coopy pull {record.name}` fetches what it names now")
 
 
 def layer_paths(record: ImageRecord, idmap: IdMap | None) -> tuple[str, ...]:

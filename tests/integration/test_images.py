@@ -427,3 +427,14 @@ def test_killed_build_leaves_no_half_layer(box_user: BoxUser, images: Images,
     assert "step 1/2: imgprobe write /etc/a 1 (cached)" in res.stderr
     # the killed box's directory was swept by the next start
     assert [d.name for d in run_dir.iterdir() if not d.name.startswith("skel-")] == []
+
+
+def test_note_when_config_is_newer_than_the_image(box_user: BoxUser, images: Images,
+                                                  home: dict[str, str]) -> None:
+    ref = images.ref("test/img:v1")
+    assert box_user.coopy("pull", ref, env=home).returncode == 0
+    time.sleep(0.05)
+    ws = _project(box_user, ref, [])
+    res = box_user.coopy("run", "--", "/bin/imgprobe", "id", cwd=ws, env=home)
+    assert res.returncode == 0, res.stderr
+    assert f"{ref} was pulled before coop.toml last changed" in res.stderr
