@@ -13,7 +13,8 @@ The rules (NOTES.md, "Layer extraction rules"), each one a refusal of a known at
 5. A hard link's target is resolved by the same rule and must exist in this layer.
 6. Device nodes are made only where the kernel lets us (real root); rootless they are
    skipped and counted.  FIFOs are made.
-7. Modes keep ``mode & 0o7777``; owners are the tar's numeric ids, which land on the right
+7. Modes keep ``mode & 0o7777`` (and file capabilities and ``user.*`` xattrs from PAX
+   headers, never ``user.overlay.*``); owners are the tar's numeric ids, which land on the right
    host ids because extraction runs inside the box's user namespace.  An id the map does
    not have (a box without subordinate ids) stays the box's root, and then the
    set-user/group-id bits are dropped: they would name an id the box does not have.
@@ -187,6 +188,7 @@ class Extractor:
             self.bytes += member.size
             owned = self._chown(lambda: os.fchown(fd, member.uid, member.gid))
             os.fchmod(fd, _mode(member, owned))
+            _xattrs(fd, member)
             os.utime(fd, (member.mtime, member.mtime))
         finally:
             os.close(fd)
@@ -268,6 +270,26 @@ class Extractor:
                 os.utime(fd, (member.mtime, member.mtime))
             finally:
                 os.close(fd)
+
+
+# xattrs restored from PAX headers: file capabilities (ping, …; in a user namespace the
+# kernel records them for that namespace's root, so they count only inside the box) and
+# user.* ones, except the overlay's own (a layer must not forge opaque markers).
+_XATTR_PREFIX = "SCHILY.xattr."
+
+
+def _xattrs(fd: int, member: tarfile.TarInfo) -> None:
+    for key, value in member.pax_headers.items():
+        if not key.startswith(_XATTR_PREFIX):
+            continue
+        name = key[len(_XATTR_PREFIX):]
+        if name != "security.capability" and (not name.startswith("user.")
+                                              or name.startswith("user.overlay.")):
+            continue
+        try:
+            os.setxattr(fd, name, value.encode("utf-8", "surrogateescape"))
+        except OSError:
+            pass  # the filesystem or the namespace refuses it: the file works without
 
 
 def _mode(member: tarfile.TarInfo, owned: bool) -> int:

@@ -6,6 +6,7 @@ import io
 import os
 import stat
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,6 +122,24 @@ def test_modes_owners_links(box: tuple[Path, Path]) -> None:
     assert os.stat(root / "hard").st_ino == os.stat(root / "owned").st_ino
     assert stat.S_ISFIFO(os.stat(root / "fifo").st_mode)
     os.chmod(root / "ro", 0o755)  # let tmp_path be removed
+
+
+def test_xattrs_from_pax_headers(box: tuple[Path, Path]) -> None:
+    root, _ = box
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("ok", "forged"):
+            info = tarfile.TarInfo(name)
+            info.pax_headers = {"SCHILY.xattr.user.note": "hello",
+                                "SCHILY.xattr.user.overlay.opaque": "y"}
+            tar.addfile(info, io.BytesIO(b""))
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        extract_tar(io.BytesIO(buf.getvalue()), fd)
+    finally:
+        os.close(fd)
+    assert os.getxattr(root / "ok", "user.note") == b"hello"
+    assert "user.overlay.opaque" not in os.listxattr(root / "forged")
 
 
 def test_compression_names() -> None:
