@@ -37,7 +37,7 @@ LOCK_DIR = "/tmp/coopy-gpu-locks"
 
 
 def plan_gpu(host: GpuHost, gpus: Sequence[Gpu], ld_cache: str | None,
-             idmap: bool = False) -> tuple[Op, ...]:
+             idmap: bool = False, ld_conf: str | None = None) -> tuple[Op, ...]:
     """The ops that pass ``gpus`` in: nodes, libraries, binaries, links, the ld cache.
 
     Device nodes are binds of the host's (a user namespace cannot mknod) and never
@@ -66,6 +66,9 @@ def plan_gpu(host: GpuHost, gpus: Sequence[Gpu], ld_cache: str | None,
     if ld_cache is not None:
         ops.append(Bind(ld_cache, "/etc/ld.so.cache", readonly=True, directory=False,
                         idmap=idmap))
+    if ld_conf is not None:  # so that an `ldconfig` run in the box keeps them
+        ops.append(Bind(ld_conf, "/etc/ld.so.conf", readonly=True, directory=False,
+                        idmap=idmap))
     return tuple(ops)
 
 
@@ -76,6 +79,35 @@ def sonames(host: GpuHost) -> dict[str, str]:
     if "libcuda.so.1" in links:
         links["libcuda.so"] = "libcuda.so.1"
     return links
+
+
+def ensure_ld_conf(cache_dir: Path, base: str = "/etc/ld.so.conf") -> str | None:
+    """The box's /etc/ld.so.conf: the image's, plus :data:`GPU_LIB_DIR` (None when the
+    image has none: the bind needs the file to exist)."""
+    import zlib
+
+    try:
+        with open(base, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError:
+        return None
+    text = text + ("" if text.endswith("\n") or not text else "\n") + \
+        f"# coopy: the GPU driver's libraries\n{GPU_LIB_DIR}\n"
+    data = text.encode("utf-8", "surrogateescape")
+    path = cache_dir / f"ld.so.conf-{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
+    if not path.exists():
+        _write_atomic(path, data)
+    return str(path)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    from coopy.paths import ensure_private_dir
+
+    ensure_private_dir(path.parent)
+    tmp = path.parent / f".{path.name}.{os.getpid()}"
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
 
 def ensure_ld_cache(host: GpuHost, cache_dir: Path, base: str = "/etc/ld.so.cache") -> str:
@@ -103,13 +135,7 @@ def ensure_ld_cache(host: GpuHost, cache_dir: Path, base: str = "/etc/ld.so.cach
     flags = next((e.flags for e in entries if e.name == "libc.so.6"), 0x0303)
     entries = [e for e in entries if e.name not in links]
     entries += [Entry(link, flags, f"{GPU_LIB_DIR}/{link}") for link in links]
-    from coopy.paths import ensure_private_dir
-
-    ensure_private_dir(cache_dir)
-    tmp = cache_dir / f".{path.name}.{os.getpid()}"
-    tmp.write_bytes(build_cache(entries))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    _write_atomic(path, build_cache(entries))
     return str(path)
 
 
@@ -223,8 +249,10 @@ def prepare_gpus(request: Request | None, environ: Mapping[str, str], *, cache_d
     gpus = select_gpus(host, request, environ)
     if not gpus:
         return None
-    ld_cache = ensure_ld_cache(host, cache_dir) if host.libraries else None
-    ops = plan_gpu(host, gpus, ld_cache, idmap)
+    ld_cache = ld_conf = None
+    if host.libraries:
+        ld_cache, ld_conf = ensure_ld_cache(host, cache_dir), ensure_ld_conf(cache_dir)
+    ops = plan_gpu(host, gpus, ld_cache, idmap, ld_conf)
     env = box_env(gpus, host, environ)
     if host.binaries:
         from coopy.box import BOX_PATH

@@ -237,6 +237,15 @@ def test_plan_gpu_ops(tree: Path) -> None:
     )
 
 
+def test_ld_conf_is_the_host_one_plus_the_gpu_dir(tmp_path: Path) -> None:
+    (tmp_path / "ld.so.conf").write_text("include /etc/ld.so.conf.d/*.conf")
+    path = gpubox.ensure_ld_conf(tmp_path / "cache", str(tmp_path / "ld.so.conf"))
+    assert path is not None
+    assert Path(path).read_text() == ("include /etc/ld.so.conf.d/*.conf\n"
+                                      "# coopy: the GPU driver's libraries\n/run/coopy/gpu/lib\n")
+    assert gpubox.ensure_ld_conf(tmp_path / "cache", str(tmp_path / "none")) is None
+
+
 def test_ld_cache_is_the_host_cache_plus_the_gpu_libraries(tree: Path, tmp_path: Path) -> None:
     host = G.discover(str(tree))
     path = gpubox.ensure_ld_cache(host, tmp_path)
