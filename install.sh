@@ -130,3 +130,11 @@ case ":$PATH:" in
     *":$BIN:"*) ;;
     *) say "note: $BIN is not on your PATH; add it, or run $BIN/coopy" ;;
 esac
+# The default private network opens /dev/net/tun as you (pasta/slirp4netns).  Stock
+# distributions make it 0666; a machine that made it 0600 is left as it is (a host
+# policy), but said, with the fix.
+if [ "$(id -u)" != 0 ] && ! { : <>/dev/net/tun; } 2>/dev/null; then
+    say "warning: you cannot open /dev/net/tun ($(stat -c %a /dev/net/tun 2>/dev/null || echo missing)), which the default private network needs;"
+    say "  stock distributions use 0666: sudo chmod 0666 /dev/net/tun (a udev rule keeps it),"
+    say "  or run boxes with --net none; \`coopy doctor\` explains"
+fi
