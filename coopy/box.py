@@ -321,7 +321,7 @@ def _with_box(
     root_box = facts.uid == 0 and idmap is not None
     # Boxes of root: box root is the first id of root's one subordinate range.
     owner = (idmap.uids[0].outside, idmap.gids[0].outside) if root_box and idmap else None
-    gpus = _gpus(req, facts, keep, root_box)
+    gpus = _gpus(req, facts, keep, root_box, image_layers)
     if gpus is not None:
         req = req._replace(env={**gpus.env, **req.env})
 
@@ -458,7 +458,8 @@ def _write_etc(etc: Path, rel: str, text: str, owner: tuple[int, int] | None) ->
             os.chown(p, *owner)
 
 
-def _gpus(req: RunRequest, facts: HostFacts, persistent: bool, root_box: bool) -> BoxGpus | None:
+def _gpus(req: RunRequest, facts: HostFacts, persistent: bool, root_box: bool,
+          image_layers: tuple[str, ...] = ()) -> BoxGpus | None:
     """The box's GPUs (coopy/gpubox.py), locked when exclusive; None without any."""
     if req.gpus == "none":
         return None
@@ -472,7 +473,7 @@ def _gpus(req: RunRequest, facts: HostFacts, persistent: bool, root_box: bool) -
     what = f"box {req.hostname}" if persistent else f"`coopy run` pid {os.getpid()}"
     return prepare_gpus(req.gpus, os.environ, cache_dir=state_dir() / "gpu", idmap=root_box,
                         exclusive=req.gpu_exclusive, holder=f"{what} of {facts.user}",
-                        dry_run=req.dry_run)
+                        dry_run=req.dry_run, image_layers=image_layers)
 
 
 def _release(gpus: BoxGpus | None) -> None:

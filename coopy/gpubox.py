@@ -81,11 +81,13 @@ def sonames(host: GpuHost) -> dict[str, str]:
     return links
 
 
-def ensure_ld_conf(cache_dir: Path, base: str = "/etc/ld.so.conf") -> str | None:
-    """The box's /etc/ld.so.conf: the image's, plus :data:`GPU_LIB_DIR` (None when the
-    image has none: the bind needs the file to exist)."""
+def ensure_ld_conf(cache_dir: Path, base: str | None = "/etc/ld.so.conf") -> str | None:
+    """The box's /etc/ld.so.conf: the image's (``base``), plus :data:`GPU_LIB_DIR`
+    (None when the image has none)."""
     import zlib
 
+    if base is None:
+        return None
     try:
         with open(base, encoding="utf-8", errors="surrogateescape") as f:
             text = f.read()
@@ -110,28 +112,29 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def ensure_ld_cache(host: GpuHost, cache_dir: Path, base: str = "/etc/ld.so.cache") -> str:
-    """The box's /etc/ld.so.cache: the image's entries plus the GPU libraries in
-    :data:`GPU_LIB_DIR`; written once per (image cache, driver libraries)."""
+def ensure_ld_cache(host: GpuHost, cache_dir: Path,
+                    base: str | None = "/etc/ld.so.cache") -> str:
+    """The box's /etc/ld.so.cache: the image's entries (``base``: the host's, or the
+    file in a pulled image's layer) plus the GPU libraries in :data:`GPU_LIB_DIR`;
+    written once per (image cache file, driver libraries)."""
     from coopy.ldcache import Entry, build_cache, parse_cache
 
     links = sonames(host)
-    try:
-        st = os.stat(base)
-        ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
-        ident = "-"
+    ident = "-"
+    with contextlib.suppress(OSError):
+        if base is not None:
+            st = os.stat(base)
+            ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
     import zlib  # not hashlib: importing it costs ~3 ms of every start with GPUs
 
     data = repr((ident, sorted(links.items()), GPU_LIB_DIR)).encode()
     path = cache_dir / f"ld.so.cache-{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
     if path.exists():
         return str(path)
-    try:
-        with open(base, "rb") as f:
+    entries: list[Entry] = []
+    if base is not None:
+        with contextlib.suppress(OSError, ValueError), open(base, "rb") as f:
             entries = parse_cache(f.read())
-    except (OSError, ValueError):
-        entries = []
     flags = next((e.flags for e in entries if e.name == "libc.so.6"), 0x0303)
     entries = [e for e in entries if e.name not in links]
     entries += [Entry(link, flags, f"{GPU_LIB_DIR}/{link}") for link in links]
@@ -241,8 +244,11 @@ class BoxGpus(NamedTuple):
 
 def prepare_gpus(request: Request | None, environ: Mapping[str, str], *, cache_dir: Path,
                  idmap: bool, exclusive: bool = False, holder: str = "",
-                 dry_run: bool = False) -> BoxGpus | None:
-    """Discover, select, plan; lock when ``exclusive``.  None when the box gets no GPU."""
+                 dry_run: bool = False, image_layers: Sequence[str] = ()) -> BoxGpus | None:
+    """Discover, select, plan; lock when ``exclusive``.  None when the box gets no GPU.
+
+    ``image_layers`` (a pulled image's, top first): the box's ld cache and ld.so.conf
+    start from the image's own files there, not the host's."""
     if request == "none":
         return None
     host = discover()
@@ -251,7 +257,15 @@ def prepare_gpus(request: Request | None, environ: Mapping[str, str], *, cache_d
         return None
     ld_cache = ld_conf = None
     if host.libraries:
-        ld_cache, ld_conf = ensure_ld_cache(host, cache_dir), ensure_ld_conf(cache_dir)
+        cache: str | None = "/etc/ld.so.cache"
+        conf: str | None = "/etc/ld.so.conf"
+        if image_layers:  # a pulled image's own, never the host's
+            from coopy.image.boxroot import image_file
+
+            cache, conf = (image_file(image_layers, "etc/ld.so.cache"),
+                           image_file(image_layers, "etc/ld.so.conf"))
+        ld_cache = ensure_ld_cache(host, cache_dir, cache)
+        ld_conf = ensure_ld_conf(cache_dir, conf)
     ops = plan_gpu(host, gpus, ld_cache, idmap, ld_conf)
     env = box_env(gpus, host, environ)
     if host.binaries:

@@ -80,12 +80,13 @@ def layer_paths(record: ImageRecord, idmap: IdMap | None) -> tuple[str, ...]:
     return tuple(str(store.layer_path(layer.digest, idmap)) for layer in reversed(record.layers))
 
 
-def read_image_file(layers: Sequence[str], rel: str) -> str:
-    """A text file of the image (``etc/passwd``): the topmost layer's copy, or ''.
+def image_file(layers: Sequence[str], rel: str) -> str | None:
+    """The path of the image's file ``rel`` (``etc/passwd``) in the topmost layer that
+    has it, or None.
 
     A whiteout (0:0 char device) or opaque directory above ends the search: the file was
     deleted in the image.  Symlinks are not followed (they could point anywhere on the
-    host): an image whose /etc/passwd is a symlink gets only the box's users.
+    host): an image whose file is a symlink has none here.
     """
     for layer in layers:
         path = os.path.join(layer, rel)
@@ -93,15 +94,21 @@ def read_image_file(layers: Sequence[str], rel: str) -> str:
             st = os.lstat(path)
         except OSError:
             continue
-        if not stat.S_ISREG(st.st_mode):
-            return ""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
-                return f.read(4 << 20)
-        except OSError:
-            return ""
-    return ""
+        return path if stat.S_ISREG(st.st_mode) else None
+    return None
+
+
+def read_image_file(layers: Sequence[str], rel: str) -> str:
+    """A text file of the image (see :func:`image_file`), or ''."""
+    path = image_file(layers, rel)
+    if path is None:
+        return ""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+            return f.read(4 << 20)
+    except OSError:
+        return ""
 
 
 def merge_accounts(image_text: str, entries: Sequence[str], fields: int) -> str:

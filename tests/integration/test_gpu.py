@@ -20,8 +20,11 @@ from typing import Any
 
 import pytest
 
+from coopy.ldcache import Entry as CacheEntry
+from coopy.ldcache import build_cache, parse_cache
 from tests.conftest import WORK_BASE, BoxUser
 from tests.fakegpu import FIXTURES, UUIDS, build_fake_driver
+from tests.imagekit import Entry, OciLayout, Registry, base_entries, probe_binary, push, tar_bytes
 
 PROBE = FIXTURES / "cuda_probe.py"
 
@@ -280,3 +283,69 @@ def test_cdi_spec_decides_what_the_box_gets(box_user: BoxUser, gpu_root: Path) -
         assert gpu["source"] == "cdi:/etc/cdi/nvidia.yaml"
     finally:
         shutil.rmtree(root)
+
+
+# ---- a pulled image -----------------------------------------------------------------
+
+IMAGE_LIB = "/opt/img/lib/libimage.so.1"
+
+
+@pytest.fixture(scope="module")
+def gpu_image() -> Iterator[str]:
+    """An image on a loopback registry (tests/imagekit.py) with a loader cache and an
+    ld.so.conf of its own, unlike the host's; its reference."""
+    if not shutil.which("docker-registry") or not shutil.which("skopeo"):
+        pytest.skip("needs docker-registry and skopeo (apt install docker-registry skopeo)")
+    base = WORK_BASE / f"gpu-images-{uuid.uuid4().hex[:8]}"
+    base.mkdir(parents=True)
+    registry = Registry(base / "registry")
+    registry.start()
+    try:
+        cache = build_cache([CacheEntry("libimage.so.1", 0x0303, IMAGE_LIB),
+                             CacheEntry("libc.so.6", 0x0303, "/opt/img/lib/libc.so.6")])
+        layer = tar_bytes([*base_entries(probe_binary(base)),
+                           Entry("etc/ld.so.cache", data=cache),
+                           Entry("etc/ld.so.conf", data="/opt/img/lib\n"),
+                           Entry("opt/", "dir", mode=0o755),
+                           Entry("opt/img/", "dir", mode=0o755),
+                           Entry("opt/img/lib/", "dir", mode=0o755),
+                           Entry(IMAGE_LIB[1:], data=b"\x7fELF")])
+        layout = OciLayout(base / "oci")
+        layout.tag(layout.image([(layer, "gzip")]), "gpu")
+        ref = f"{registry.host}/test/gpu:v1"
+        push(base / "oci", "gpu", ref)
+        yield ref
+    finally:
+        registry.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.registry
+def test_pulled_image_box_gets_the_gpus_and_its_own_ld_cache(
+        box_user: BoxUser, gpu_root: Path, gpu_image: str) -> None:
+    ws = box_user.workspace()
+    env = _env(gpu_root, COOPY_HOME=str(ws / "coopy"))
+
+    def probe(*args: str) -> bytes:
+        res = subprocess.run(box_user.argv(["run", "--image", gpu_image, "--gpus", "1", "--",
+                                            "/bin/imgprobe", *args]),
+                             capture_output=True, cwd=ws, env=box_user.env(env), timeout=120)
+        assert res.returncode == 0, res.stderr.decode(errors="replace")
+        return res.stdout
+
+    cache = {e.name: e.path for e in parse_cache(probe("cat", "/etc/ld.so.cache"))}
+    # the image's entries (not the host's) plus the driver's, by SONAME
+    assert cache.pop("libimage.so.1") == IMAGE_LIB
+    assert cache.pop("libc.so.6") == "/opt/img/lib/libc.so.6"
+    assert cache == {name: f"/run/coopy/gpu/lib/{name}" for name in
+                     ("libcuda.so.1", "libcuda.so", "libnvidia-ml.so.1",
+                      "libnvidia-ptxjitcompiler.so.1")}
+    assert probe("cat", "/etc/ld.so.conf").decode().splitlines() == \
+        ["/opt/img/lib", "# coopy: the GPU driver's libraries", "/run/coopy/gpu/lib"]
+    # what the cache names is there, and so are the device nodes
+    assert probe("stat", "/run/coopy/gpu/lib/libcuda.so.1").split()[0] == b"link"
+    assert probe("stat", "/run/coopy/gpu/lib/libcuda.so.535.104.05").split()[0] == b"file"
+    kind = b"chr" if box_user.uid == 0 or os.getuid() == 0 else b"file"
+    for node in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia1"):
+        assert probe("stat", node).split()[0] == kind
+    assert b"nvidia0" not in probe("ls", "/dev").split()

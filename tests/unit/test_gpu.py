@@ -260,6 +260,33 @@ def test_ld_cache_is_the_host_cache_plus_the_gpu_libraries(tree: Path, tmp_path:
         ("libcuda.so", "libcuda.so.1", "libnvidia-ml.so.1", "libnvidia-ptxjitcompiler.so.1")}
 
 
+
+def test_ld_cache_of_an_image_is_its_own_plus_the_gpu_libraries(tree: Path,
+                                                                 tmp_path: Path) -> None:
+    from coopy.image.boxroot import image_file
+    from coopy.ldcache import Entry, build_cache, parse_cache
+
+    host = G.discover(str(tree))
+    top, low = tmp_path / "top", tmp_path / "low"
+    (low / "etc").mkdir(parents=True)
+    (top / "etc").mkdir(parents=True)
+    (low / "etc/ld.so.cache").write_bytes(build_cache([Entry("libimg.so.1", 0x0303, "/x/a")]))
+    base = image_file([str(top), str(low)], "etc/ld.so.cache")
+    assert base == str(low / "etc/ld.so.cache")
+    path = gpubox.ensure_ld_cache(host, tmp_path / "cache", base)
+    gpu = {n: f"/run/coopy/gpu/lib/{n}" for n in ("libcuda.so", "libcuda.so.1",
+           "libnvidia-ml.so.1", "libnvidia-ptxjitcompiler.so.1")}
+    assert {e.name: e.path for e in parse_cache(Path(path).read_bytes())} == \
+        {"libimg.so.1": "/x/a", **gpu}
+    # another image's cache is another file; an image without one gets the GPU's only
+    (top / "etc/ld.so.cache").write_bytes(build_cache([Entry("libtop.so.1", 0x0303, "/x/b")]))
+    other = gpubox.ensure_ld_cache(host, tmp_path / "cache",
+                                   image_file([str(top), str(low)], "etc/ld.so.cache"))
+    assert other != path and "libtop.so.1" in Path(other).read_bytes().decode("latin-1")
+    none = gpubox.ensure_ld_cache(host, tmp_path / "cache", None)
+    assert {e.name for e in parse_cache(Path(none).read_bytes())} == set(gpu)
+    assert gpubox.ensure_ld_conf(tmp_path / "cache", None) is None
+
 # ---- CDI -------------------------------------------------------------------------------
 
 CDI_YAML = """---
