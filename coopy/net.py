@@ -223,16 +223,25 @@ class NetSetup(NamedTuple):
     allow_path: str = ""  # mode allow: the allowlist file the proxy reads (coopy.proxy)
 
 
-def find_backend(preference: str, path: str | None = None) -> tuple[str, str]:
-    """(name, path) of the NAT helper to use; HostError with the fix if none."""
+def find_backend(preference: str, path: str | None = None, udp: bool = False
+                 ) -> tuple[str, str]:
+    """(name, path) of the NAT helper to use; HostError with the fix if none.
+
+    ``auto`` prefers slirp4netns, measured here against Debian 12's pasta (2023-03):
+    it starts ~20 ms sooner, its bulk TCP is steady (~200-290 MB/s where that pasta
+    swings between 20 and 1000 MB/s and now and then resets a flow).  pasta when UDP
+    ports are published (slirp4netns cannot) or slirp4netns is missing.
+    """
     import shutil
 
-    names = ("pasta", "slirp4netns") if preference == "auto" else (preference,)
+    names: tuple[str, ...] = (preference,)
+    if preference == "auto":
+        names = ("pasta", "slirp4netns") if udp else ("slirp4netns", "pasta")
     for name in names:
         found = shutil.which(name, path=path)
         if found:
             return name, found
-    wanted = " or ".join(names)
+    wanted = " or ".join(sorted(names))
     raise HostError(
         f"private networking needs {wanted}, which is not installed",
         hint=f"install it (Debian/Ubuntu: sudo apt install {'passt' if 'pasta' in names else ''}"
@@ -270,7 +279,7 @@ def plan_network(mode: str, backend: str, ports: Sequence[PortMap], log_path: st
                 f"ports are published in the private network mode only (this box: {mode})",
                 hint="drop -p/[network] ports or use --net private")
         return None
-    name, path = find_backend(backend)
+    name, path = find_backend(backend, udp=any(p.proto == "udp" for p in ports))
     if os.getuid() != 0:
         check_tun()
     for port in ports:

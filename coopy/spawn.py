@@ -401,15 +401,24 @@ def _child_a(launch: Launch, sock: socket.socket, err_w: int, init_fd: int) -> N
     if launch.net != "host":
         flags |= CL.CLONE_NEWNET
     sc.unshare(flags)  # 3
+    # B and A share the socket to P: B may speak only after A has said ``B<pid>`` (B's
+    # first message, the allow proxy's ``L``, could otherwise overtake it).
+    gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # ------------------------------------------------------------- B
         try:
+            os.close(gate_w)
+            os.read(gate_r, 1)
+            os.close(gate_r)
             _child_b(launch, sock, trees, init_fd)
         except BaseException as exc:  # noqa: BLE001 - reported, then PID 1 exits
             _report(err_w, exc)
         finally:
             os._exit(125)
+    os.close(gate_r)
     sock.send(b"B%d" % pid)
+    os.write(gate_w, b"x")
+    os.close(gate_w)
     sock.close()
     os.close(err_w)
     for fd in trees.trees.values():

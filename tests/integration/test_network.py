@@ -389,7 +389,7 @@ def test_unusable_tun_device(box_user: BoxUser, tmp_path: Path) -> None:
         assert "needs /dev/net/tun, which you cannot open (mode 0000)" in res.stderr
         assert "chmod 0666 /dev/net/tun" in res.stderr
     else:  # root opens anything; the helper then finds no tun device behind it
-        assert "network helper (pasta)" in res.stderr
+        assert "network helper (slirp4netns)" in res.stderr and "/dev/net/tun" in res.stderr
     assert "Traceback" not in res.stderr
 
 
@@ -406,7 +406,7 @@ def test_helper_ends_with_the_box(box_user: BoxUser) -> None:
             helpers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_helper(p)
                        and _ppid(p) == proc.pid]
             time.sleep(0.05)
-        assert helpers, "no pasta started for the box"
+        assert helpers, "no NAT helper started for the box"
         os.kill(proc.pid, 9)
         proc.wait(timeout=10)
         deadline = time.monotonic() + 10
@@ -422,7 +422,8 @@ def test_helper_ends_with_the_box(box_user: BoxUser) -> None:
 
 def _is_helper(pid: str) -> bool:
     with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"pasta")
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        return argv0.endswith((b"pasta", b"slirp4netns"))
     return False
 
 
