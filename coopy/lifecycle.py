@@ -57,6 +57,18 @@ def box_name(workspace: Path) -> str:
     return f"{base}-{zlib.crc32(real.encode()):08x}"[: len(base) + 7]
 
 
+def check_name(name: str) -> str:
+    """A box name is one path component of letters, digits, ``.``, ``_`` and ``-``: it
+    names a directory, a socket and a hostname (``-n ../x`` would reach outside)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", name):
+        raise BoxStateError(f"{name!r} is not a box name",
+                            hint="use letters, digits, '.', '_' and '-' (at most 63, "
+                            "starting with a letter or digit)")
+    return name
+
+
 def socket_path(name: str) -> Path:
     """Where the keeper of box ``name`` listens."""
     return ensure_private_dir(runtime_dir()) / f"{name}.sock"
@@ -64,7 +76,7 @@ def socket_path(name: str) -> Path:
 
 def find(name: str) -> tuple[Path, BoxRecord]:
     """The directory and (refreshed) record of box ``name``; errors name the fix."""
-    box_dir = boxes_dir() / name
+    box_dir = boxes_dir() / check_name(name)
     record = read_record(box_dir)
     if record is None:
         raise BoxStateError(f"no box named {name!r}", hint="`coopy ls` lists your boxes")
@@ -81,7 +93,7 @@ def create(req: RunRequest, name: str, *, scrollback: int = SCROLLBACK,
     """
     from coopy.box import _with_box, build_launch
 
-    box_dir = boxes_dir() / name
+    box_dir = boxes_dir() / check_name(name)
     box_dir.mkdir(mode=0o700, exist_ok=True)
     lock = lock_box(box_dir)
     assert lock is not None
