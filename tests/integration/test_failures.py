@@ -206,7 +206,7 @@ def test_killing_coopy_kills_the_box_and_the_next_run_cleans_up(box_user: BoxUse
     assert box_user.state_runs() == before  # swept by the next run
 
 
-@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", ""])
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden"])
 def test_bad_box_names(box_user: BoxUser, name: str) -> None:
     """A box name is one path component: `-n ../x` must not reach outside the boxes dir."""
     ws = box_user.workspace()
@@ -214,6 +214,6 @@ def test_bad_box_names(box_user: BoxUser, name: str) -> None:
     assert res.returncode == 125, res.stderr
     assert "is not a box name" in res.stderr and "hint: " in res.stderr
     for verb in (["logs"], ["kill"], ["attach"]):
-        res = box_user.coopy(*verb, name or "x/..", cwd=ws)
+        res = box_user.coopy(*verb, name, cwd=ws)
         assert res.returncode == 125 and "is not a box name" in res.stderr, res.stderr
     assert not (box_user.home / ".local/state/coopy/escape").exists()

@@ -183,7 +183,7 @@ def test_exclusive_gpu_is_held_by_a_box_until_it_ends(
         assert res.returncode == 0, res.stderr
     finally:
         box_user.coopy("kill", "-f", name, env=env)
-        box_user.coopy("rm", name, env=env)
+        box_user.coopy("rm", "-f", name, env=env)
 
 
 def test_coopy_gpu_reports_what_a_box_gets(box_user: BoxUser, gpu_root: Path) -> None:
