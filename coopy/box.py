@@ -271,6 +271,7 @@ def _with_box(
 ) -> int:
     """Validate, prepare the box directory, call ``body``; remove the dir unless ``keep``."""
     from coopy.facts import probe_host
+    from coopy.net import network_for
     from coopy.paths import state_dir
     from coopy.plan import BoxSpec, Volume, build_plan, normalize_target
     from coopy.rootfs import create_host_layers
@@ -316,7 +317,7 @@ def _with_box(
     except ValueError as exc:
         raise ConfigError(f"[workspace] path: {exc}") from None
     mounts, create_vols = _resolve_mounts(req, state_dir() / "volumes")
-    network = _plan_network(req)
+    network, resolv = network_for(req.net, req.net_backend, req.ports)
     hostname = req.hostname or box_hostname(workspace)
     root_box = facts.uid == 0 and idmap is not None
     # Boxes of root: box root is the first id of root's one subordinate range.
@@ -386,12 +387,12 @@ def _with_box(
         try:
             if image_layers:
                 skel = _image_layers(rundir.path, image_layers, facts, user, hostname,
-                                     _resolv_conf(req.net, network), owner, host_passwd)
+                                     resolv, owner, host_passwd)
             else:
                 skel, _ = create_host_layers(
                     rundir.path, facts, hostname=hostname, net=req.net, user=user,
                     owner=owner, host_passwd=host_passwd,
-                    resolv=_resolv_conf(req.net, network),
+                    resolv=resolv,
                 )
         except OSError as exc:
             raise HostError(
@@ -481,41 +482,10 @@ def _release(gpus: BoxGpus | None) -> None:
         os.close(fd)
 
 
-def _plan_network(req: RunRequest) -> NetSetup | None:
-    """Probe what the box's network mode needs (refused before anything is made)."""
-    from coopy.net import default_gateway, plan_network, usable_resolvers
-
-    forward = None
-    if req.net == "private" and not usable_resolvers(
-            _read("/etc/resolv.conf") or "", _read("/run/systemd/resolve/resolv.conf")):
-        # Only loopback resolvers (a local dnsmasq…): pasta forwards DNS sent to the
-        # gateway to them.  Not otherwise: it rewrites the source of every DNS reply.
-        forward = default_gateway(_read("/proc/net/route") or "")
-    return plan_network(req.net, req.net_backend, req.ports, "/dev/null", forward)
-
-
-def _resolv_conf(mode: str, network: NetSetup | None) -> str:
-    from coopy.net import SLIRP_DNS, resolv_conf
-
-    forwarder = None
-    if network is not None:
-        forwarder = network.dns_forward if network.backend == "pasta" else SLIRP_DNS
-    return resolv_conf(mode, _read("/etc/resolv.conf"),
-                       _read("/run/systemd/resolve/resolv.conf"), forwarder)
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def _userns_remover(idmap: IdMap, facts: HostFacts) -> object:
     import shutil
 
-    from coopy.spawn import run_in_userns
+    from coopy.userns import run_in_userns
 
     def remove(path: Path) -> None:
         run_in_userns(idmap, lambda: shutil.rmtree(path), facts.newuidmap, facts.newgidmap)

@@ -49,7 +49,8 @@ class HostFacts(NamedTuple):
         return self.uid != 0
 
 
-def _read(path: str) -> str | None:
+def read_text(path: str) -> str | None:
+    """A host file's text (UTF-8, undecodable bytes replaced), or None if unreadable."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read()
@@ -58,7 +59,7 @@ def _read(path: str) -> str | None:
 
 
 def _read_int(path: str) -> int | None:
-    text = _read(path)
+    text = read_text(path)
     try:
         return int(text) if text is not None else None
     except ValueError:
@@ -83,8 +84,8 @@ def probe_host() -> HostFacts:
         user, home, shell = str(uid), os.environ.get("HOME", "/"), "/bin/sh"
     release = os.uname().release.split("-")[0].split(".")
     kernel = (int(release[0]), int(release[1]) if len(release) > 1 else 0)
-    subuid = parse_subid_file(_read("/etc/subuid") or "", user, uid)
-    subgid = parse_subid_file(_read("/etc/subgid") or "", user, uid)
+    subuid = parse_subid_file(read_text("/etc/subuid") or "", user, uid)
+    subgid = parse_subid_file(read_text("/etc/subgid") or "", user, uid)
     layout: dict[str, str | None] = {}
     for name in HOST_IMAGE_DIRS:
         path = "/" + name
@@ -95,7 +96,7 @@ def probe_host() -> HostFacts:
         except OSError:  # EINVAL: a real directory, not a symlink
             if os.path.isdir(path):
                 layout[name] = None
-    mountinfo = _read("/proc/self/mountinfo") or ""
+    mountinfo = read_text("/proc/self/mountinfo") or ""
     etc_submounts = any(
         len(f) > 4 and f[4].startswith("/etc/")
         for f in (line.split() for line in mountinfo.splitlines())

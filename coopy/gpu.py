@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from coopy.errors import HostError
+from coopy.facts import read_text
 
 NVIDIA_MAJOR = 195
 # Control nodes, bound when present: nvidia-uvm(-tools) are what cuInit needs besides
@@ -115,14 +116,6 @@ def join(root: str, path: str) -> str:
     return path if root == "/" else root.rstrip("/") + "/" + path.lstrip("/")
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def resolve_in_root(root: str, path: str, hops: int = 40) -> str | None:
     """The real path of ``path`` inside ``root`` (absolute links restart at the root)."""
     parts = [p for p in path.split("/") if p]
@@ -158,10 +151,10 @@ def resolve_in_root(root: str, path: str, hops: int = 40) -> str | None:
 
 def driver_version(root: str) -> str | None:
     """The kernel module's version: /sys/module/nvidia/version, else /proc/driver/…/version."""
-    text = _read(join(root, "/sys/module/nvidia/version"))
+    text = read_text(join(root, "/sys/module/nvidia/version"))
     if text and text.strip():
         return text.strip()
-    text = _read(join(root, "/proc/driver/nvidia/version")) or ""
+    text = read_text(join(root, "/proc/driver/nvidia/version")) or ""
     # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug …" or
     # "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  550.54.14  Release …"
     words = text.split("\n", 1)[0].split()
@@ -185,7 +178,7 @@ def _gpu_info(root: str) -> dict[int, tuple[str | None, str, str | None]]:
         return out
     for bus in buses:
         fields = {}
-        for line in (_read(f"{base}/{bus}/information") or "").splitlines():
+        for line in (read_text(f"{base}/{bus}/information") or "").splitlines():
             key, sep, value = line.partition(":")
             if sep:
                 fields[key.strip()] = value.strip()

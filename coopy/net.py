@@ -34,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from coopy.errors import ConfigError, HostError
+from coopy.facts import read_text
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -309,18 +310,10 @@ def plan_network(mode: str, backend: str, ports: Sequence[PortMap], log_path: st
                 "already in use on the host",
                 hint="pick another host port (-p OTHER:BOXPORT) or stop what listens there "
                 "(`ss -ltnup` names it)")
-    blocked = BLOCKED + tuple(host_addresses(_read("/proc/net/fib_trie"),
-                                             _read("/proc/net/if_inet6")))
+    blocked = BLOCKED + tuple(host_addresses(read_text("/proc/net/fib_trie") or "",
+                                             read_text("/proc/net/if_inet6") or ""))
     return NetSetup(name, path, tuple(ports), dns_forward if name == "pasta" else None,
                     log_path, blocked)
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 def host_addresses(fib_trie: str, if_inet6: str) -> list[str]:
@@ -344,6 +337,24 @@ def host_addresses(fib_trie: str, if_inet6: str) -> list[str]:
             addr = ipaddress.ip_address(bytes.fromhex(words[0]))
             out.append(f"{addr}/128")
     return out
+
+
+def network_for(mode: str, backend: str, ports: Sequence[PortMap]
+                ) -> tuple[NetSetup | None, str]:
+    """What the box's network mode needs (refused before anything is made) and the
+    box's resolv.conf, the host's resolver files read once."""
+    resolv = read_text("/etc/resolv.conf")
+    resolved = read_text("/run/systemd/resolve/resolv.conf")
+    forward = None
+    if mode == "private" and not usable_resolvers(resolv or "", resolved):
+        # Only loopback resolvers (a local dnsmasq…): pasta forwards DNS sent to the
+        # gateway to them.  Not otherwise: it rewrites the source of every DNS reply.
+        forward = default_gateway(read_text("/proc/net/route") or "")
+    setup = plan_network(mode, backend, ports, "/dev/null", forward)
+    forwarder = None
+    if setup is not None:
+        forwarder = setup.dns_forward if setup.backend == "pasta" else SLIRP_DNS
+    return setup, resolv_conf(mode, resolv, resolved, forwarder)
 
 
 def helper_argv(setup: NetSetup, pid: int, ready_fd: int, exit_fd: int, api: str | None

@@ -326,7 +326,7 @@ def _in_userns(idmap: IdMap | None, facts: HostFacts,
     """Run ``fn`` as root of a user namespace with ``idmap`` (or here, without one)."""
     if idmap is None:
         return fn()
-    from coopy.spawn import run_in_userns
+    from coopy.userns import run_in_userns
 
     rd, wr = os.pipe2(os.O_CLOEXEC)
 
@@ -360,7 +360,7 @@ def remove_owned_tree(path: Path, idmap: IdMap | None, facts: HostFacts) -> None
     if idmap is None or facts.uid == 0 or not idmap.subordinate:
         remove_tree(path)
         return
-    from coopy.spawn import run_in_userns
+    from coopy.userns import run_in_userns
 
     def inside() -> None:
         remove_tree(path)
