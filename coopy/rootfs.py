@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from coopy.facts import HostFacts
+from coopy.facts import HostFacts, read_text
 from coopy.state import remove_tree
 
 # The skeleton: (path, mode).  Mount points for the host directories are added from
@@ -300,11 +300,11 @@ def create_host_layers(
     if facts.uid != 0 and user.name != facts.user:
         users.append(BoxUser(facts.user, facts.uid, facts.gid, f"/home/{facts.user}", user.shell))
     _write(etc / "passwd", build_passwd(host_passwd, users))
-    _write(etc / "group", build_group(_read_text("/etc/group"), users))
+    _write(etc / "group", build_group(read_text("/etc/group") or "", users))
     _write(etc / "hosts", build_hosts(hostname))
     _write(etc / "hostname", hostname + "\n")
     if resolv is None:
-        resolv = build_resolv_conf(net, _read_text("/etc/resolv.conf"))
+        resolv = build_resolv_conf(net, read_text("/etc/resolv.conf") or "")
     _write(etc / "resolv.conf", resolv)
     _write(etc / "machine-id", os.urandom(16).hex() + "\n", 0o444)
     for rel in hidden_etc_entries():
@@ -335,11 +335,3 @@ def _chown_tree(top: Path, owner: tuple[int, int]) -> None:
         os.chown(dirpath, *owner, follow_symlinks=False)
         for name in dirnames + filenames:
             os.chown(os.path.join(dirpath, name), *owner, follow_symlinks=False)
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
