@@ -420,8 +420,11 @@ def _with_box(
     finally:
         _release(gpus)  # a keeper holds its own copies of the locks
         if keep:
-            rundir.release()
+            rundir.release()  # the keeper removes the box's cgroup
         else:
+            from coopy.cgroup import remove_for
+
+            remove_for(rundir.path)
             rundir.remove(remover)
 
 
@@ -543,9 +546,14 @@ def build_launch(p: Prepared, tty: bool, stdio: tuple[int, int, int]) -> Launch:
     req, facts, spec, idmap, user = p.req, p.facts, p.spec, p.idmap, p.user
     if not req.seccomp:
         sys.stderr.write("coopy: warning: the seccomp filter is off ([security] seccomp)\n")
-    if req.cpus is not None:
-        sys.stderr.write("coopy: warning: [limits] cpus needs a delegated cgroup v2 tree, "
-                         "which this host does not give: not applied (`coopy doctor`)\n")
+    from coopy.cgroup import Limits, setup_box
+
+    cgroup = setup_box(p.box_dir, Limits(req.pids, req.memory, req.cpus))
+    applied = cgroup.applied if cgroup else frozenset()
+    if req.cpus is not None and "cpus" not in applied:
+        sys.stderr.write("coopy: warning: [limits] cpus needs a cgroup v2 tree with the cpu "
+                         "controller, which this host does not give: not applied "
+                         "(`coopy doctor`)\n")
     env = build_env(os.environ, req.env, home=user.home, user=user.name,
                     hostname=spec.hostname)
     if req.net == "allow":
@@ -580,8 +588,9 @@ def build_launch(p: Prepared, tty: bool, stdio: tuple[int, int, int]) -> Launch:
         newgidmap=facts.newgidmap,
         seccomp=bpf,
         caps=caps.keep_mask(),
-        nproc=req.pids,
+        nproc=None if "pids" in applied else req.pids,  # else per process, rlimits
         nofile=req.nofile,
-        memory=req.memory,
+        memory=None if "memory" in applied else req.memory,
+        cgroup=cgroup.procs_dir if cgroup else None,
         network=p.network,
     )

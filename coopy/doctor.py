@@ -127,20 +127,12 @@ def _fs_type(path: str) -> str:
 
 
 def check_cgroups() -> Check:
-    """Limits: a delegated cgroup v2 tree, or the rlimit fallback (issue: hardening)."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            kinds = {line.split(" - ")[1].split()[0] for line in f if " - cgroup" in line}
-    except OSError:
-        kinds = set()
-    if kinds == {"cgroup2"}:
-        return Check("cgroups", "ok", "cgroup v2 (unified)")
-    if "cgroup2" in kinds:
-        return Check("cgroups", "warn", "v1/v2 hybrid: coopy cannot get a delegated v2 "
-                     "subtree; limits fall back to per-user-namespace rlimits",
-                     "boot with systemd.unified_cgroup_hierarchy=1 for cgroup limits")
-    return Check("cgroups", "warn", "no cgroup v2: limits fall back to rlimits",
-                 "boot with systemd.unified_cgroup_hierarchy=1")
+    """Limits: which apply through a cgroup v2 tree, which fall back to rlimits (and how to
+    get cgroups delegated): coopy/cgroup.py."""
+    from coopy.cgroup import describe, probe_tree
+
+    status, detail, fix = describe(probe_tree(), os.getuid())
+    return Check("cgroups", status, detail, fix)
 
 
 def check_device(path: str, purpose: str) -> Check:

@@ -125,6 +125,9 @@ def create(req: RunRequest, name: str, *, scrollback: int = SCROLLBACK,
     try:
         _with_box(req, lambda: RunDir(box_dir, lock), start_keeper, keep=True)
     except BaseException:
+        from coopy.cgroup import remove_for
+
+        remove_for(box_dir)  # made for a keeper that failed to start the box
         write_record(box_dir, record._replace(state="exited", ended=time.time()))
         raise
     created = read_record(box_dir)
@@ -242,6 +245,9 @@ def remove(name: str, *, force: bool = False) -> None:
     if lock is None:
         raise BoxStateError(f"box {name!r} is being created or removed right now")
     try:
+        from coopy.cgroup import remove_for
+
+        remove_for(box_dir)  # left if its keeper was killed with SIGKILL
         remove_tree(box_dir, _remover())
     finally:
         os.close(lock)
@@ -355,3 +361,6 @@ def _keeper_main(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Pa
         listener.close()
         with contextlib.suppress(FileNotFoundError):
             sock_path.unlink()
+        from coopy.cgroup import end_box
+
+        end_box(launch.cgroup)  # the box's processes are gone: `coopy kill` waits for this

@@ -13,6 +13,8 @@ coopy-init, is what stays in the box: PID 1.
 
 Protocol between P and its children, numbered as in the code below:
 
+0. With a cgroup (Launch.cgroup, made by coopy/cgroup.py), P opens its cgroup.procs and
+   A's first act is to write itself into it: every process of the box starts there.
 1. P forks A.  A: PDEATHSIG, unshare(CLONE_NEWUSER), sends ``U``.
 2. P writes A's uid/gid maps (newuidmap/newgidmap, or directly when it may), clones
    the host-side sources for boxes of root (id-mapped through A's user namespace), and
@@ -80,7 +82,8 @@ class Launch(NamedTuple):
     caps: int | None = None  # capabilities kept in the bounding set (coopy/caps.py)
     nproc: int | None = None  # RLIMIT_NPROC, set inside the box's user namespace
     nofile: int | None = None
-    memory: int | None = None  # RLIMIT_DATA per process (no cgroup on this host)
+    memory: int | None = None  # RLIMIT_DATA per process (when no cgroup holds memory)
+    cgroup: str | None = None  # the box's cgroup (coopy/cgroup.py), made; A joins it first
     control: bool = False  # keep a channel to coopy-init for shells and exec (keeper)
     network: NetSetup | None = None  # private network: the NAT helper P starts (coopy.net)
 
@@ -116,6 +119,11 @@ class Started:
 
 def start(launch: Launch) -> Started:
     """Start a box; return once its command has been exec'd (or raise why not)."""
+    procs = -1
+    if launch.cgroup:  # 0: opened here, written by A
+        from coopy.cgroup import join, open_procs
+
+        procs = open_procs(launch.cgroup)
     init_fd = _sealed_copy(launch.init_path)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -128,8 +136,12 @@ def start(launch: Launch) -> Started:
         if pid != 0:
             os.fchdir(cwd)
             os.close(cwd)
+            if procs >= 0:
+                os.close(procs)
     if pid == 0:  # ------------------------------------------------------------- A
         try:
+            if procs >= 0:
+                join(procs, launch.cgroup)  # 0
             ours.close()
             os.close(err_r)
             _child_a(launch, theirs, err_w, init_fd)  # exec's coopy-init -W on success
