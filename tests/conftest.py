@@ -250,6 +250,19 @@ def _box_inits() -> set[int]:
     return out
 
 
+def _box_cgroups() -> set[str]:
+    """Every box cgroup on the machine: the children of cgroups named ``coopy``
+    (coopy/cgroup.py; those parents stay, like the state directory)."""
+    out = set()
+    for mount in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        if os.path.exists(f"{mount}/cgroup.controllers"):
+            for dirpath, dirs, _ in os.walk(mount):
+                if os.path.basename(dirpath) == "coopy":
+                    out.update(f"{dirpath}/{d}" for d in dirs)
+            break
+    return out
+
+
 def _fds() -> set[int]:
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
@@ -279,11 +292,12 @@ def _wait_for(check: Any, timeout: float = 5.0) -> Any:
 
 @pytest.fixture(autouse=True)
 def no_residue(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a test that leaves mounts, processes, fds or box directories behind."""
+    """Fail a test that leaves mounts, processes, fds, box directories or cgroups behind."""
     if "unit" in request.node.path.parts:
         yield
         return
     mounts, fds, runs, inits = _mounts(), _fds(), _run_dirs(), _box_inits()
+    cgroups = _box_cgroups()
     test_uid = None
     with contextlib.suppress(KeyError):
         test_uid = pwd.getpwnam(TEST_USER).pw_uid
@@ -308,6 +322,9 @@ def no_residue(request: pytest.FixtureRequest) -> Iterator[None]:
     new_fds = _wait_for(lambda: _fds() - fds)
     if new_fds:
         problems.append(f"fds left open in the test process: {sorted(new_fds)}")
+    left_cgroups = _wait_for(lambda: _box_cgroups() - cgroups)
+    if left_cgroups:
+        problems.append(f"box cgroups left: {sorted(left_cgroups)}")
     new_runs = {u: sorted(set(v) - set(runs.get(u, []))) for u, v in _run_dirs().items()}
     new_runs = {u: v for u, v in new_runs.items() if v}
     if new_runs:
