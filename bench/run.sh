@@ -1,7 +1,7 @@
 #!/bin/sh
 # Run the start-up benchmark against one coopy: $COOPY_BIN, else the test venv's, else PATH's.
 # Arguments pass through to bench/startup (e.g. --runs 20, --json); a first argument
-# `security`, `boxes`, `network`, `gpu` or `images` runs that script of bench/ instead.
+# `security`, `boxes`, `network`, `gpu`, `images` or `cgroups` runs that script of bench/ instead.
 set -eu
 here=$(dirname "$0")
 if [ -z "${COOPY_BIN:-}" ]; then
@@ -22,5 +22,6 @@ case ${1:-} in
     images) shift; exec /usr/bin/python3 "$here/images" "$@" ;;
     network) shift; exec /usr/bin/python3 "$here/network" "$@" ;;
     gpu) shift; exec /usr/bin/python3 "$here/gpu" "$@" ;;
+    cgroups) shift; exec /usr/bin/python3 "$here/cgroups" "$@" ;;
 esac
 exec /usr/bin/python3 "$here/startup" "$@"

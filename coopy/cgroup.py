@@ -280,22 +280,45 @@ def end_box(procs_dir: str | None) -> None:
             remove_box(os.path.dirname(procs_dir))
 
 
-def open_procs(path: str) -> int:
-    """The box cgroup's cgroup.procs, opened for :func:`join`."""
-    from coopy.errors import HostError
+def fork_into(path: str) -> tuple[int, int]:
+    """Fork a child that starts in the cgroup ``path`` (Launch.cgroup).
 
+    Returns ``os.fork()``'s pid and, in the child, -1 or an fd of cgroup.procs that it must
+    still :func:`join` itself into, first thing: where clone3(CLONE_INTO_CGROUP) is refused
+    (an outer sandbox's seccomp filter says ENOSYS) or the caller has threads, a plain fork.
+    """
+    from coopy.syscalls import fork_into_cgroup
+
+    if len(os.listdir("/proc/self/task")) == 1:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                return fork_into_cgroup(fd), -1
+            finally:
+                os.close(fd)  # in both processes
+        except OSError:
+            pass  # the slower way below says why, if it fails too
     try:
-        return os.open(f"{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        procs = os.open(f"{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
     except OSError as exc:
+        from coopy.errors import HostError
+
         raise HostError(f"cannot open the box's cgroup {path}: {exc.strerror}",
                         hint=_OFF_HINT) from exc
+    pid = os.fork()
+    if pid != 0:
+        os.close(procs)
+        return pid, -1
+    return 0, procs
 
 
 def join(procs_fd: int, path: str | None) -> None:
     """Move the calling process into the cgroup whose cgroup.procs ``procs_fd`` is.
 
     "0" names the writer itself; the kernel checks the permissions of whoever opened the
-    file (Linux 5.16+), so the fd is opened before the fork and written in the child.
+    file (Linux 5.16+), so the fd is opened before the fork and written in the child.  The
+    writer waits for an RCU grace period (cgroup_threadgroup_rwsem): :func:`fork_into`
+    avoids this where it can.
     """
     from coopy.errors import HostError
 

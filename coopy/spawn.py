@@ -13,8 +13,9 @@ coopy-init, is what stays in the box: PID 1.
 
 Protocol between P and its children, numbered as in the code below:
 
-0. With a cgroup (Launch.cgroup, made by coopy/cgroup.py), P opens its cgroup.procs and
-   A's first act is to write itself into it: every process of the box starts there.
+0. With a cgroup (Launch.cgroup, made by coopy/cgroup.py), A is born in it (clone3
+   CLONE_INTO_CGROUP), or, where that is refused, A's first act is to write itself into
+   its cgroup.procs: every process of the box starts there.
 1. P forks A.  A: PDEATHSIG, unshare(CLONE_NEWUSER), sends ``U``.
 2. P writes A's uid/gid maps (newuidmap/newgidmap, or directly when it may), clones
    the host-side sources for boxes of root (id-mapped through A's user namespace), and
@@ -119,25 +120,23 @@ class Started:
 
 def start(launch: Launch) -> Started:
     """Start a box; return once its command has been exec'd (or raise why not)."""
-    procs = -1
-    if launch.cgroup:  # 0: opened here, written by A
-        from coopy.cgroup import join, open_procs
-
-        procs = open_procs(launch.cgroup)
     init_fd = _sealed_copy(launch.init_path)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
-    pid = -1
+    pid = procs = -1
     try:
         os.chdir(launch.box_dir)  # inherited by A and B; see Trees
-        pid = os.fork()
+        if launch.cgroup:
+            from coopy.cgroup import fork_into, join
+
+            pid, procs = fork_into(launch.cgroup)  # 0
+        else:
+            pid = os.fork()
     finally:
         if pid != 0:
             os.fchdir(cwd)
             os.close(cwd)
-            if procs >= 0:
-                os.close(procs)
     if pid == 0:  # ------------------------------------------------------------- A
         try:
             if procs >= 0:

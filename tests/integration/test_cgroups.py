@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -249,3 +250,42 @@ def test_doctor_names_the_cgroup_tree(user: InCgroup, cgroup_host: Host) -> None
     who = "as root" if user.uid == 0 else "delegated to you"
     assert f"box cgroups under {parent(user, cgroup_host)} ({who})" in check["detail"]
     assert "pids: pids.max" in check["detail"] and "cpus: cpu.max" in check["detail"]
+
+
+CHILD_IN_CGROUP = """
+import os, sys, threading
+from coopy.cgroup import fork_into, join
+stop = threading.Event()
+workers = [threading.Thread(target=stop.wait) for _ in range(int(sys.argv[2]))]
+for t in workers:
+    t.start()
+r, w = os.pipe()
+pid, procs = fork_into(sys.argv[1])
+if pid == 0:
+    if procs >= 0:
+        join(procs, sys.argv[1])
+    os.write(w, f"{procs >= 0} {open('/proc/self/cgroup').read().splitlines()[-1]}".encode())
+    os._exit(0)
+os.close(w)
+print(os.read(r, 4096).decode())
+os.waitpid(pid, 0)
+stop.set()
+"""
+
+
+@pytest.mark.parametrize("threads", [0, 1])
+def test_a_child_starts_in_the_cgroup_by_clone3_or_by_joining(cgroup_host: Host,
+                                                               threads: int) -> None:
+    """spawn.py's step 0 both ways: clone3(CLONE_INTO_CGROUP) from a single-threaded
+    process, else a fork whose child first writes itself into cgroup.procs."""
+    path = cgroup_host.mount / "coopy" / f"test-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True)
+    try:
+        res = subprocess.run([sys.executable, "-c", CHILD_IN_CGROUP, str(path), str(threads)],
+                             capture_output=True, text=True, timeout=TIMEOUT)
+    finally:
+        path.rmdir()
+    assert res.returncode == 0, res.stderr
+    joined, where = res.stdout.split()
+    assert joined == str(bool(threads))  # clone3 needs no join
+    assert where == f"0::/{path.relative_to(cgroup_host.mount)}"
