@@ -363,13 +363,15 @@ def sweep(parent: str, prefix: str, dirs: Path) -> None:
 
 
 def remove_for(box_dir: Path) -> None:
-    """Remove the cgroup a box of ``box_dir`` may have left (``coopy rm``)."""
+    """Remove the cgroup of the box of ``box_dir``, if it has one: after ``coopy run``, or
+    one a killed keeper left (``coopy rm``).  Waits a little for processes still exiting
+    (a box that failed to start: its PID 1 dies of PDEATHSIG after A was reaped)."""
     tree = probe_tree()
     if tree.base is None:
         return
     name, _ = box_name(box_dir)
-    with contextlib.suppress(OSError):
-        remove_box(f"{tree.parent}/{name}", timeout=0)
+    with contextlib.suppress(OSError):  # still busy: the next box start sweeps it
+        remove_box(f"{tree.parent}/{name}")
 
 
 def describe(tree: Tree, uid: int) -> tuple[str, str, str | None]:
