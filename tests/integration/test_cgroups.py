@@ -205,6 +205,31 @@ def test_persistent_box_cgroup_holds_its_limits_until_kill(
     assert not box.exists()
 
 
+def test_each_limit_falls_back_alone(user: InCgroup, cgroup_host: Host, name: str) -> None:
+    """pids in the cgroup and, where cgroup2 has no memory controller (here: v1 holds it),
+    memory as RLIMIT_DATA in the same box; nofile is always RLIMIT_NOFILE."""
+    ws = user.workspace()
+    env = user.user_config('[limits]\npids = 200\nmemory = "64m"\nnofile = 1000\n')
+    before = listing(user, cgroup_host)
+    assert user.coopy("-d", "-n", name, "--", "sleep", "1000", cwd=ws, env=env).returncode == 0
+    box = new_box_cgroup(user, cgroup_host, before)
+    sleep = next(pid for pid in (box / "box" / "cgroup.procs").read_text().split()
+                 if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep")
+    limits = {line[:26].strip(): line[26:].split()[0]
+              for line in Path(f"/proc/{sleep}/limits").read_text().splitlines()[1:]}
+    assert (box / "pids.max").read_text().strip() == "200"
+    assert limits["Max processes"] != "200"  # the cgroup counts them, not RLIMIT_NPROC
+    if (box / "memory.max").exists():
+        assert (box / "memory.max").read_text().strip() == str(64 << 20)
+        assert (box / "memory.swap.max").read_text().strip() == "0"
+        assert limits["Max data size"] == "unlimited"
+    else:
+        assert limits["Max data size"] == str(64 << 20)
+    assert limits["Max open files"] == "1000"
+    assert user.coopy("kill", name).returncode == 0
+    assert not box.exists()
+
+
 def test_killed_keeper_cgroup_goes_with_rm(user: InCgroup, cgroup_host: Host,
                                            name: str) -> None:
     ws = user.workspace()
