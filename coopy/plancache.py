@@ -18,9 +18,10 @@ wrapped while the run is being resolved (``os.path.exists``, ``Path.resolve``,
 identity (device, inode, mode, owner); one that was listed, and every file, by content
 signature too (size, mtime, ctime).
 
-Only runs that replay exactly are written: a user namespace of coopy's own, network
-``none`` or ``host`` (no NAT helper to start), no GPUs, no agent preset, and nothing
-printed while resolving (a warning must keep being shown).  Anything else, and any
+Only runs that replay exactly are written: a user namespace of coopy's own, a network
+without the allow proxy, published ports or DNS forwarding (the front end starts the
+NAT helper itself), no GPUs, no agent preset, and nothing printed while resolving (a
+warning must keep being shown).  Anything else, and any
 failure of the front end before the command starts, goes through Python as before.
 """
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from coopy.box import Prepared
+    from coopy.net import NetSetup
     from coopy.spawn import Launch
 
 MAGIC = "coopy-plan 1"
@@ -73,8 +75,8 @@ def begin() -> None:
     sys.addaudithook(_audit)
     for name in ("stat", "lstat", "access", "readlink"):
         setattr(os, name, _watch(getattr(os, name)))
-    sys.stdout = _Watched(sys.stdout)  # type: ignore[assignment]
-    sys.stderr = _Watched(sys.stderr)  # type: ignore[assignment]
+    sys.stdout = _Watched(sys.stdout)
+    sys.stderr = _Watched(sys.stderr)
 
 
 def refuse(reason: str) -> None:
@@ -177,12 +179,16 @@ def _unreplayable(p: Prepared, launch: Launch, rec: _Recorder) -> str | None:
         return "something was printed while resolving (a warning is kept)"
     if launch.idmap is None:
         return "--userns=host"
-    if launch.network is not None or launch.net not in ("none", "host"):
-        return f"network {launch.net} needs its helper"
+    net = launch.network
+    if net is not None and (net.backend == "proxy" or net.ports or net.dns_forward):
+        return "the allow proxy, published ports or DNS forwarding"
     if launch.workspace_idmap is not None or launch.control:
         return "a workspace id map or a control channel"
     if p.gpus is not None:
         return "GPUs"
+    raw = sys.argv[1:]
+    if "--" in raw[1:] and list(launch.argv) != raw[raw.index("--", 1) + 1:]:
+        return "the command run is not the one after `--`"
     return None
 
 
@@ -238,9 +244,26 @@ def _encode(p: Prepared, launch: Launch, rec: _Recorder) -> bytes:
         put("termdefault")
     for arg in launch.argv:
         put("arg", arg)
+    put("cmdargv")  # checked in _unreplayable: the front end takes it from after `--`
+    if launch.network is not None:
+        _network(launch.network, put)
     _ops(launch, put)
     put("end")
     return bytes(out)
+
+
+def _network(setup: NetSetup, put: Callable[..., None]) -> None:
+    """The NAT helper's command line with marks the front end fills in, the fixed
+    unreachable prefixes (it adds the host's own addresses at run time), the log."""
+    from coopy.net import BLOCKED, helper_argv
+
+    pid, ready, exit_fd = 999999991, 999999992, 999999993  # no real pid or fd is this
+    for arg in helper_argv(setup, pid, ready, exit_fd, None):
+        put("helper", arg.replace(str(pid), "@PID@").replace(str(ready), "@READY@")
+            .replace(str(exit_fd), "@EXIT@"))
+    for prefix in BLOCKED:
+        put("blocked", prefix)
+    put("netlog", setup.log_path)
 
 
 def _template(box: str, put: Callable[..., None], blob: Callable[[bytes], None]) -> None:

@@ -9,8 +9,8 @@
  *
  * The key.  SHA-256 over: this program's own file (device, inode, size, mtime: a
  * reinstall makes new keys), the boot id, the caller's uid/gid, the working directory,
- * the arguments, and the whole environment but for a few variables coopy never reads
- * (_, OLDPWD, SHLVL).  On a miss the hex key goes to the Python CLI in COOPY_PLAN_KEY;
+ * the arguments up to `--` (the command after it is taken from this invocation), and
+ * the whole environment but for a few variables coopy never reads (_, OLDPWD, SHLVL).  On a miss the hex key goes to the Python CLI in COOPY_PLAN_KEY;
  * Python resolves the run as always and, when the run can be replayed (no network
  * helper, no GPUs, no warning printed, …: coopy/plancache.py), writes the plan to
  * <state>/plans/<key> before it starts the box.
@@ -31,6 +31,9 @@
  *   newuidmap PATH / newgidmap PATH           the setuid helpers (maps helper)
  *   rootbox 0|1  userxattr 0|1  net none|host  hostname H  cwd C  attach REL  init PATH
  *   initarg A (repeated)  seccomp BLOB  tty auto|1|0  env K=V  termdefault  arg A
+ *   cmdargv                                   the command is whatever follows `--`
+ *   helper A (repeated: a private network's NAT helper, @PID@ @READY@ @EXIT@ in it)
+ *   blocked PREFIX (repeated; the host's own addresses are added here)  netlog PATH
  *   op records, as coopy/ops.py: overlay TARGET N LOWER… UPPER WORK | bind SRC TGT FLAGS
  *   | tmpfs TGT MODE SIZE FLAGS | proc TGT | sysfs TGT | devpts TGT GID | mqueue TGT
  *   | devnode NAME | mkdir TGT MODE | symlink TGT TO | mask TGT | readonly TGT | pivot
@@ -51,6 +54,9 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/sched.h>
+#include <arpa/inet.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <poll.h>
 #include <sched.h>
@@ -288,6 +294,15 @@ static int ignored_var(const char *kv)
 	return 0;
 }
 
+/* Where the box's command starts: after the first `--`; 0 without one. */
+static int command_at(int argc, char **argv)
+{
+	for (int i = 2; i < argc; i++)
+		if (!strcmp(argv[i], "--"))
+			return i + 1 < argc ? i + 1 : 0;
+	return 0;
+}
+
 static int compute_key(int argc, char **argv, char out[65])
 {
 	struct sha s;
@@ -314,9 +329,13 @@ static int compute_key(int argc, char **argv, char out[65])
 	if (!getcwd(buf, sizeof buf))
 		return -1;
 	sha_str(&s, buf);
-	snprintf(buf, sizeof buf, "%d", argc);
+	/* The command after `--` is not part of the key: one plan serves every command
+	 * run with the same options (Python writes such a plan only when the command it
+	 * resolved is exactly what follows `--`). */
+	int upto = command_at(argc, argv) ? command_at(argc, argv) : argc;
+	snprintf(buf, sizeof buf, "%d%s", upto, upto < argc ? " --" : "");
 	sha_str(&s, buf);
-	for (int i = 1; i < argc; i++)
+	for (int i = 1; i < upto; i++)
 		sha_str(&s, argv[i]);
 	extern char **environ;
 	size_t count = 0;
@@ -382,8 +401,12 @@ struct plan {
 	const char *seccomp; size_t seccomp_len;
 	int tty; /* -1 auto */
 	char **env; int nenv; int termdefault;
+	int cmdargv; /* the command is what follows `--` in this invocation */
 	char **args; int nargs;
 	struct op *ops; int nops;
+	char **helper; int nhelper;   /* private network: the NAT helper's argv */
+	char **blocked; int nblocked; /* prefixes made unreachable in the box */
+	char *netlog;
 };
 
 struct reader { char *p, *end; int bad; };
@@ -548,8 +571,18 @@ static int parse_plan(char *buf, size_t len, struct plan *pl)
 		} else if (!strcmp(k, "env")) {
 			GROW(pl->env, pl->nenv);
 			pl->env[pl->nenv++] = tok(&r);
+		} else if (!strcmp(k, "cmdargv")) {
+			pl->cmdargv = 1;
 		} else if (!strcmp(k, "termdefault")) {
 			pl->termdefault = 1;
+		} else if (!strcmp(k, "helper")) {
+			GROW(pl->helper, pl->nhelper);
+			pl->helper[pl->nhelper++] = tok(&r);
+		} else if (!strcmp(k, "blocked")) {
+			GROW(pl->blocked, pl->nblocked);
+			pl->blocked[pl->nblocked++] = tok(&r);
+		} else if (!strcmp(k, "netlog")) {
+			pl->netlog = tok(&r);
 		} else if (!strcmp(k, "arg")) {
 			GROW(pl->args, pl->nargs);
 			pl->args[pl->nargs++] = tok(&r);
@@ -635,6 +668,7 @@ static void rebase(struct plan *pl, const char *newbox)
 		for (int j = 0; j < o->nlowers; j++)
 			o->lowers[j] = in_box(pl, newbox, o->lowers[j]);
 	}
+	pl->netlog = in_box(pl, newbox, pl->netlog);
 	pl->box = (char *)newbox;
 }
 
@@ -1217,6 +1251,185 @@ static void apply(const struct plan *pl, const struct op *o)
 	}
 }
 
+/* ---- a private network (coopy/net.py) ------------------------------------------------ */
+
+/* The host's own non-loopback addresses (net.py host_addresses), read now, not when the
+ * plan was made: a box must not reach services on 0.0.0.0 through the NAT helper. */
+static char **host_addresses(const struct plan *pl, int *count)
+{
+	char **out = NULL, line[512], last[64] = "";
+	int n = 0;
+	for (int i = 0; i < pl->nblocked; i++) {
+		GROW(out, n);
+		out[n++] = pl->blocked[i];
+	}
+	FILE *f = fopen("/proc/net/fib_trie", "re");
+	while (f && fgets(line, sizeof line, f)) {
+		char a[64], b[64], c[64];
+		int words = sscanf(line, "%63s %63s %63s", a, b, c);
+		if (words == 2 && !strcmp(a, "|--"))
+			snprintf(last, sizeof last, "%s", b);
+		else if (words == 3 && !strcmp(a, "/32") && !strcmp(b, "host") && !strcmp(c, "LOCAL")
+			 && *last && strncmp(last, "127.", 4)) {
+			char *prefix = xstrcat3(last, "/32", "");
+			int dup = 0;
+			for (int i = 0; i < n; i++)
+				dup |= !strcmp(out[i], prefix);
+			if (!dup) {
+				GROW(out, n);
+				out[n++] = prefix;
+			}
+		}
+	}
+	if (f)
+		fclose(f);
+	f = fopen("/proc/net/if_inet6", "re");
+	while (f && fgets(line, sizeof line, f)) {
+		char hex[33], scope[8], text[INET6_ADDRSTRLEN];
+		unsigned char raw[16];
+		if (sscanf(line, "%32s %*s %*s %7s", hex, scope) != 2 || strcmp(scope, "00"))
+			continue;
+		for (int i = 0; i < 16; i++)
+			sscanf(hex + 2 * i, "%2hhx", &raw[i]);
+		inet_ntop(AF_INET6, raw, text, sizeof text);
+		GROW(out, n);
+		out[n++] = xstrcat3(text, "/128", "");
+	}
+	if (f)
+		fclose(f);
+	*count = n;
+	return out;
+}
+
+/* An unreachable route for each prefix, by hand-built rtnetlink messages (net.py). */
+static void block_routes(char **prefixes, int n)
+{
+	int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+	if (s < 0)
+		fail("netlink", NULL);
+	for (int i = 0; i < n; i++) {
+		char addr[64];
+		snprintf(addr, sizeof addr, "%s", prefixes[i]);
+		char *slash = strchr(addr, '/');
+		if (!slash)
+			continue;
+		*slash = 0;
+		int len = atoi(slash + 1), v6 = strchr(addr, ':') != NULL;
+		unsigned char dst[16];
+		if (inet_pton(v6 ? AF_INET6 : AF_INET, addr, dst) != 1)
+			continue;
+		struct {
+			struct nlmsghdr h;
+			struct rtmsg r;
+			struct rtattr a;
+			unsigned char dst[16];
+		} req;
+		size_t alen = v6 ? 16 : 4;
+		memset(&req, 0, sizeof req);
+		req.h.nlmsg_len = (unsigned)(NLMSG_LENGTH(sizeof req.r) + RTA_LENGTH(alen));
+		req.h.nlmsg_type = RTM_NEWROUTE;
+		req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+		req.h.nlmsg_seq = (unsigned)i + 1;
+		req.r.rtm_family = v6 ? AF_INET6 : AF_INET;
+		req.r.rtm_dst_len = (unsigned char)len;
+		req.r.rtm_table = RT_TABLE_MAIN;
+		req.r.rtm_protocol = RTPROT_STATIC;
+		req.r.rtm_type = RTN_UNREACHABLE;
+		req.a.rta_len = (unsigned short)RTA_LENGTH(alen);
+		req.a.rta_type = RTA_DST;
+		memcpy(req.dst, dst, alen);
+		char reply[4096];
+		if (send(s, &req, req.h.nlmsg_len, 0) < 0 || recv(s, reply, sizeof reply, 0) < 0)
+			fail("netlink", prefixes[i]);
+		struct nlmsghdr *h = (struct nlmsghdr *)reply;
+		if (h->nlmsg_type == NLMSG_ERROR) {
+			int err = -((struct nlmsgerr *)NLMSG_DATA(h))->error;
+			if (err && err != EEXIST && !(v6 && err == EAFNOSUPPORT)) {
+				errno = err;
+				fail("unreachable route", prefixes[i]);
+			}
+		}
+	}
+	close(s);
+}
+
+/* Computed by P in the host's network namespace (/proc/net follows the reader's). */
+static char **unreachable;
+static int nunreachable;
+
+struct helper { pid_t pid; int ready_r, exit_w; };
+
+/* Start the NAT helper for the box whose PID 1 is B (net.py start_helper). */
+static int start_helper(const struct plan *pl, pid_t b, struct helper *h)
+{
+	int ready[2], ex[2];
+	if (pipe2(ready, O_CLOEXEC) < 0 || pipe2(ex, O_CLOEXEC) < 0)
+		return -1;
+	int log = open(pl->netlog ? pl->netlog : "/dev/null",
+		       O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	pid_t parent = getpid();
+	h->pid = fork();
+	if (h->pid == 0) {
+		if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != parent)
+			_exit(1);
+		int null = open("/dev/null", O_RDWR);
+		int r = fcntl(ready[1], F_DUPFD, 10), e = fcntl(ex[0], F_DUPFD, 10);
+		if (null < 0 || r < 0 || e < 0 || dup2(null, 0) < 0 || dup2(log, 1) < 0
+		    || dup2(log, 2) < 0 || dup2(r, 3) < 0 || dup2(e, 4) < 0)
+			_exit(127);
+		char pid[16], **argv = calloc((size_t)pl->nhelper + 1, sizeof *argv);
+		snprintf(pid, sizeof pid, "%d", b);
+		for (int i = 0; i < pl->nhelper; i++) {
+			const char *marks[][2] = { { "@PID@", pid }, { "@READY@", "3" },
+						   { "@EXIT@", "4" } };
+			char *arg = strdup(pl->helper[i]);
+			for (int m = 0; m < 3; m++) {
+				char *at;
+				while ((at = strstr(arg, marks[m][0]))) {
+					*at = 0;
+					char *next = xstrcat3(arg, marks[m][1], at + strlen(marks[m][0]));
+					free(arg);
+					arg = next;
+				}
+			}
+			argv[i] = arg;
+		}
+		char *env[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL };
+		execve(argv[0], argv, env);
+		_exit(127);
+	}
+	if (log >= 0)
+		close(log);
+	close(ready[1]);
+	close(ex[0]);
+	h->ready_r = ready[0];
+	h->exit_w = ex[1];
+	return h->pid < 0 ? -1 : 0;
+}
+
+/* pasta writes its pid (-P), slirp4netns "1" (--ready-fd); EOF: it died. */
+static int helper_ready(struct helper *h)
+{
+	struct pollfd p = { h->ready_r, POLLIN, 0 };
+	char buf[64];
+	int rc = poll(&p, 1, 10000) == 1 && read(h->ready_r, buf, sizeof buf) > 0 ? 0 : -1;
+	close(h->ready_r);
+	h->ready_r = -1;
+	return rc;
+}
+
+static void stop_helper(struct helper *h)
+{
+	if (h->pid <= 0)
+		return;
+	if (h->ready_r >= 0)
+		close(h->ready_r);
+	close(h->exit_w);
+	kill(h->pid, SIGTERM);
+	waitpid(h->pid, NULL, 0);
+	h->pid = -1;
+}
+
 /* ---- A and B (spawn.py _child_a, _child_b) ------------------------------------------- */
 
 static void bring_up_loopback(void)
@@ -1263,6 +1476,8 @@ static void child_b(const struct plan *pl, int sock, int init_fd, int tty, const
 		fail("sethostname", NULL);
 	if (!pl->net_host)
 		bring_up_loopback();
+	if (pl->nhelper)
+		block_routes(unreachable, nunreachable);
 	if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
 		fail("mount", "/ (slave)");
 	for (int i = 0; i < pl->nops; i++)
@@ -1284,6 +1499,9 @@ static void child_b(const struct plan *pl, int sock, int init_fd, int tty, const
 	} else if (send_msg(sock, "-", 1, NULL, 0) < 0) {
 		fail("telling the front end", NULL);
 	}
+	char go;
+	if (pl->nhelper && (recv(sock, &go, 1, 0) != 1 || go != 'N'))
+		_exit(125); /* the network helper failed: P says why */
 	for (int i = 0; i < 3; i++)
 		if (dup2(fds[i], 100 + i) < 0)
 			fail("dup2", NULL);
@@ -1616,6 +1834,9 @@ static int run_box(struct plan *pl)
 	if (pl->termdefault)
 		envp[pl->nenv] = isatty(0) ? "TERM=xterm-256color" : "TERM=dumb";
 
+	struct helper helper = { -1, -1, -1 };
+	if (pl->nhelper)
+		unreachable = host_addresses(pl, &nunreachable);
 	int init_fd = sealed_init(pl->init), sv[2], errp[2];
 	pid_t a = -1;
 	int init_pidfd = -1, master = -1, a_pidfd = -1, status = -1;
@@ -1661,11 +1882,15 @@ static int run_box(struct plan *pl)
 	if (sent < 0 || recv_msg(sv[0], msg, sizeof msg, fds, &nfds) < 2 || msg[0] != 'B')
 		goto fail;
 	init_pidfd = sys_pidfd_open((pid_t)atoi(msg + 1));
+	if (pl->nhelper && start_helper(pl, (pid_t)atoi(msg + 1), &helper) < 0)
+		goto fail; /* 4a: in parallel with B's plan */
 	ssize_t n = recv_msg(sv[0], msg, sizeof msg, fds, &nfds);
 	if (n == 1 && msg[0] == 'T' && nfds == 1)
 		master = fds[0];
 	else if (n != 1 || msg[0] != '-')
 		goto fail;
+	if (pl->nhelper && (helper_ready(&helper) < 0 || send_msg(sv[0], "N", 1, NULL, 0) < 0))
+		goto fail; /* 4b */
 	char err[1024];
 	size_t got = 0;
 	for (;;) { /* EOF: coopy-init was exec'd in both A and B */
@@ -1720,6 +1945,7 @@ static int run_box(struct plan *pl)
 	while (waitpid(a, &ws, 0) < 0 && errno == EINTR)
 		;
 	status = WIFSIGNALED(ws) ? 128 + WTERMSIG(ws) : WEXITSTATUS(ws);
+	stop_helper(&helper);
 	remove_box_dir(pl, dir);
 	close(lock_fd);
 	return status;
@@ -1729,6 +1955,7 @@ fail:
 		kill(a, SIGKILL);
 		waitpid(a, NULL, 0);
 	}
+	stop_helper(&helper);
 	remove_box_dir(pl, dir);
 	if (lock_fd >= 0)
 		close(lock_fd);
@@ -1770,6 +1997,15 @@ static void try_plan(int argc, char **argv)
 		say("the plan %s cannot be used", key);
 		unlink(path);
 		return;
+	}
+	int at = command_at(argc, argv);
+	if (at && !pl.cmdargv) {
+		say("the plan %s was not made for any command", key);
+		return;
+	}
+	if (at) {
+		pl.args = argv + at;
+		pl.nargs = argc - at;
 	}
 	say("starting the box from the plan %s", key);
 	int status = run_box(&pl);

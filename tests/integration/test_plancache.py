@@ -26,10 +26,11 @@ HIT = "starting the box from the plan"
 DEBUG = {"COOPY_DEBUG_FRONTEND": "1"}
 
 
-def twice(user: BoxUser, *args: str, cwd: Path, **kw: Any,
+def twice(user: BoxUser, *args: str, cwd: Path, new: bool = True, **kw: Any,
           ) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """Run twice; the second from the plan (the first too unless ``new``)."""
     first = user.coopy(*args, cwd=cwd, env=DEBUG, **kw)
-    assert HIT not in first.stderr, first.stderr
+    assert (HIT not in first.stderr) == new, first.stderr
     second = user.coopy(*args, cwd=cwd, env=DEBUG, **kw)
     assert HIT in second.stderr, f"not started from the plan: {second.stderr}"
     return first, second
@@ -82,14 +83,30 @@ def test_replayed_box_is_the_same_box(box_user: BoxUser, args: list[str]) -> Non
 def test_exit_status_signals_and_stdin(box_user: BoxUser) -> None:
     ws = box_user.workspace()
     for cmd, want in (("exit 7", 7), ("kill -9 $$", 137)):
-        first, second = twice(box_user, "run", "--net", "none", "--", "sh", "-c", cmd, cwd=ws)
+        first, second = twice(box_user, "run", "--net", "none", "--", "sh", "-c", cmd, cwd=ws,
+                              new=cmd == "exit 7")
         assert first.returncode == second.returncode == want
-    first, second = twice(box_user, "run", "--net", "none", "--", "no-such-command", cwd=ws)
+    first, second = twice(box_user, "run", "--net", "none", "--", "no-such-command", cwd=ws,
+                          new=False)
     assert first.returncode == second.returncode == 127
     assert "no-such-command" in second.stderr
     first, second = twice(box_user, "run", "--net", "none", "--", "tr", "a-z", "A-Z", cwd=ws,
-                          input="piped in\n")
+                          input="piped in\n", new=False)
     assert first.stdout == second.stdout == "PIPED IN\n"
+
+
+def test_one_plan_serves_every_command(box_user: BoxUser) -> None:
+    """The command after `--` is not part of the key: same options, any command."""
+    ws = box_user.workspace()
+    first = box_user.coopy("run", "--net", "none", "--", "echo", "one", cwd=ws, env=DEBUG)
+    second = box_user.coopy("run", "--net", "none", "--", "sh", "-c", "echo two; exit 4",
+                            cwd=ws, env=DEBUG)
+    assert (first.stdout, first.returncode) == ("one\n", 0) and HIT not in first.stderr
+    assert (second.stdout, second.returncode) == ("two\n", 4) and HIT in second.stderr
+    # Other options are another plan.
+    third = box_user.coopy("run", "--net", "none", "-e", "X=1", "--", "true", cwd=ws,
+                           env=DEBUG)
+    assert third.returncode == 0 and HIT not in third.stderr
 
 
 def test_sigterm_reaches_the_command(box_user: BoxUser) -> None:
@@ -181,3 +198,55 @@ def test_plans_are_private_and_bounded(box_user: BoxUser) -> None:
     res = box_user.coopy("run", "--net", "none", "--", "true", cwd=ws, env=DEBUG)
     assert res.returncode == 0 and HIT not in res.stderr
     time.sleep(0)
+
+
+def test_private_network_from_the_plan(box_user: BoxUser) -> None:
+    """The default network: the front end starts the NAT helper and blocks the same
+    prefixes (the host's own addresses read again at each start)."""
+    ws = box_user.workspace()
+    show = ("ip -o route show type unreachable | cut -d' ' -f2 | sort; "
+            "ip -o -4 addr show | grep -v ' lo ' | wc -l; ip route show default | wc -l")
+    first, second = twice(box_user, "run", "--", "sh", "-c", show, cwd=ws)
+    assert first.returncode == second.returncode == 0, second.stderr
+    assert first.stdout == second.stdout
+    lines = second.stdout.split()
+    assert "169.254.0.0/16" in lines
+    assert lines[-2:] == ["1", "1"]  # an address and a default route: the helper's work
+
+
+def test_killed_front_end_leaves_nothing(box_user: BoxUser) -> None:
+    ws = box_user.workspace()
+    args = ["run", "--", "sleep", "60"]
+    box_user.coopy("run", "--", "true", cwd=ws, env=DEBUG)  # writes the plan
+    for _ in range(2):  # both started from it
+        proc = subprocess.Popen(box_user.argv(args), cwd=ws, env=box_user.env(DEBUG),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # the box's command is running
+                out = subprocess.run(["pgrep", "-f", "-x", "sleep 60"], capture_output=True,
+                                     text=True).stdout
+                if out.strip():
+                    break
+                time.sleep(0.05)
+            helpers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                     text=True).stdout.split()
+            assert helpers, "no children: the box did not start"
+            proc.kill()
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(
+                os.path.exists(f"/proc/{pid}") for pid in helpers):
+            time.sleep(0.05)
+        assert not any(os.path.exists(f"/proc/{pid}") for pid in helpers)
+    assert proc.stderr is not None
+    assert HIT in proc.stderr.read()
+    # The killed runs' directories (their locks now free) go with the next run.
+    res = box_user.coopy("run", "--net", "none", "--", "true", cwd=ws,
+                         env={"COOPY_NO_PLAN_CACHE": "1"})
+    assert res.returncode == 0, res.stderr
