@@ -807,7 +807,8 @@ static int write_proc(pid_t pid, const char *what, const char *text)
 	return rc;
 }
 
-static int run_map_tool(const char *tool, pid_t pid, const struct range *r, int n)
+/* Start newuidmap/newgidmap PID RANGES... (both run at once; see wait_map_tool). */
+static pid_t start_map_tool(const char *tool, pid_t pid, const struct range *r, int n)
 {
 	char *args[3 + 3 * 64 + 1];
 	char nums[64 * 3 + 1][24];
@@ -825,8 +826,6 @@ static int run_map_tool(const char *tool, pid_t pid, const struct range *r, int 
 	}
 	args[a] = NULL;
 	pid_t child = fork();
-	if (child < 0)
-		return -1;
 	if (child == 0) {
 		char *env[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL };
 		if (!debug) {
@@ -837,7 +836,14 @@ static int run_map_tool(const char *tool, pid_t pid, const struct range *r, int 
 		execve(tool, args, env);
 		_exit(127);
 	}
+	return child;
+}
+
+static int wait_map_tool(pid_t child)
+{
 	int status;
+	if (child < 0)
+		return -1;
 	while (waitpid(child, &status, 0) < 0)
 		if (errno != EINTR)
 			return -1;
@@ -858,8 +864,10 @@ static int write_maps(const struct plan *pl, pid_t pid)
 	if (pl->helper_maps) {
 		if (!pl->newuidmap || !pl->newgidmap)
 			return -1;
-		return run_map_tool(pl->newuidmap, pid, pl->uids, pl->nuids) < 0
-		       || run_map_tool(pl->newgidmap, pid, pl->gids, pl->ngids) < 0 ? -1 : 0;
+		pid_t u = start_map_tool(pl->newuidmap, pid, pl->uids, pl->nuids);
+		pid_t g = start_map_tool(pl->newgidmap, pid, pl->gids, pl->ngids);
+		int ok_u = wait_map_tool(u), ok_g = wait_map_tool(g);
+		return ok_u < 0 || ok_g < 0 ? -1 : 0;
 	}
 	char text[64 * 72];
 	if (getuid() != 0 && write_proc(pid, "setgroups", "deny") < 0)
