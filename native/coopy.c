@@ -34,6 +34,9 @@
  *   cmdargv                                   the command is whatever follows `--`
  *   helper A (repeated: a private network's NAT helper, @PID@ @READY@ @EXIT@ in it)
  *   blocked PREFIX (repeated; the host's own addresses are added here)  netlog PATH
+ *   cgroup PARENT PREFIX, cglimit FILE VALUE (repeated): the box's cgroup (coopy/cgroup.py),
+ *                                             PARENT/PREFIX<run id> with the limits, its
+ *                                             processes in …/box, where A is born
  *   op records, as coopy/ops.py: overlay TARGET N LOWER… UPPER WORK | bind SRC TGT FLAGS
  *   | tmpfs TGT MODE SIZE FLAGS | proc TGT | sysfs TGT | devpts TGT GID | mqueue TGT
  *   | devnode NAME | mkdir TGT MODE | symlink TGT TO | mask TGT | readonly TGT | pivot
@@ -407,6 +410,8 @@ struct plan {
 	char **helper; int nhelper;   /* private network: the NAT helper's argv */
 	char **blocked; int nblocked; /* prefixes made unreachable in the box */
 	char *netlog;
+	char *cg_parent, *cg_prefix;  /* the box's cgroup: <parent>/<prefix><run id> */
+	char **cg_files; int ncg;     /* its limits: file, value, file, value… */
 };
 
 struct reader { char *p, *end; int bad; };
@@ -581,6 +586,14 @@ static int parse_plan(char *buf, size_t len, struct plan *pl)
 		} else if (!strcmp(k, "blocked")) {
 			GROW(pl->blocked, pl->nblocked);
 			pl->blocked[pl->nblocked++] = tok(&r);
+		} else if (!strcmp(k, "cgroup")) {
+			pl->cg_parent = tok(&r);
+			pl->cg_prefix = tok(&r);
+		} else if (!strcmp(k, "cglimit")) {
+			GROW(pl->cg_files, pl->ncg);
+			pl->cg_files[pl->ncg++] = tok(&r);
+			GROW(pl->cg_files, pl->ncg);
+			pl->cg_files[pl->ncg++] = tok(&r);
 		} else if (!strcmp(k, "netlog")) {
 			pl->netlog = tok(&r);
 		} else if (!strcmp(k, "arg")) {
@@ -760,6 +773,28 @@ static int make_entry(int dirfd, const struct entry *e)
 	return rc;
 }
 
+/* Remove the run directories whose owner is gone (their lock is free), as
+ * coopy/state.py sweep_stale does on the Python path. */
+static void sweep_stale(const char *base)
+{
+	DIR *d = opendir(base);
+	struct dirent *de;
+	while (d && (de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char *lock = xstrcat3(de->d_name, "/", "lock");
+		int fd = openat(dirfd(d), lock, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+		free(lock);
+		if (fd < 0)
+			continue; /* a skeleton, or being created right now */
+		if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+			rm_at(dirfd(d), de->d_name); /* files of subordinate ids: `system prune` */
+		close(fd);
+	}
+	if (d)
+		closedir(d);
+}
+
 /* Make <base>/<random> and fill it from the plan; its lock is held while the box lives. */
 static char *make_box_dir(const struct plan *pl, int *lock_fd)
 {
@@ -769,6 +804,7 @@ static char *make_box_dir(const struct plan *pl, int *lock_fd)
 		return NULL;
 	for (int i = 0; i < 6; i++)
 		snprintf(name + 2 * i, 3, "%02x", raw[i]);
+	sweep_stale(pl->base);
 	char *dir = xstrcat3(pl->base, "/", name);
 	if (mkdir(dir, 0700) < 0) {
 		say("mkdir %s: %s", dir, strerror(errno));
@@ -1601,6 +1637,94 @@ static void child_a(const struct plan *pl, int sock, int init_fd, int tty, const
 	_exit(125);
 }
 
+/* ---- the box's cgroup (coopy/cgroup.py) --------------------------------------------- */
+
+static char *cg_path;
+
+/* Make <parent>/<prefix><id> with its limits and the leaf the box's processes go in;
+ * returns an fd of the leaf for clone3(CLONE_INTO_CGROUP), or -1. */
+static int make_cgroup(const struct plan *pl, const char *box)
+{
+	const char *id = strrchr(box, '/') + 1;
+	char name[PATH_MAX];
+	snprintf(name, sizeof name, "%s%s", pl->cg_prefix, id);
+	/* The cgroups of this state dir's boxes whose run dir is gone (a SIGKILL). */
+	DIR *d = opendir(pl->cg_parent);
+	struct dirent *de;
+	size_t plen = strlen(pl->cg_prefix);
+	while (d && (de = readdir(d))) {
+		if (strncmp(de->d_name, pl->cg_prefix, plen) != 0)
+			continue;
+		char *run = xstrcat3(pl->base, "/", de->d_name + plen);
+		if (access(run, F_OK) < 0 && errno == ENOENT) {
+			char *leaf = xstrcat3(de->d_name, "/", "box");
+			unlinkat(dirfd(d), leaf, AT_REMOVEDIR);
+			unlinkat(dirfd(d), de->d_name, AT_REMOVEDIR);
+			free(leaf);
+		}
+		free(run);
+	}
+	if (d)
+		closedir(d);
+	cg_path = xstrcat3(pl->cg_parent, "/", name);
+	if (mkdir(cg_path, 0755) < 0)
+		return -1;
+	for (int i = 0; i + 1 < pl->ncg; i += 2) {
+		char *file = xstrcat3(cg_path, "/", pl->cg_files[i]);
+		int fd = open(file, O_WRONLY | O_CLOEXEC);
+		int rc = fd < 0 ? -1 : write_all(fd, pl->cg_files[i + 1], strlen(pl->cg_files[i + 1]));
+		if (fd >= 0)
+			close(fd);
+		free(file);
+		if (rc < 0)
+			return -1;
+	}
+	char *leaf = xstrcat3(cg_path, "/", "box");
+	int fd = mkdir(leaf, 0755) < 0 ? -1 : open(leaf, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(leaf);
+	return fd;
+}
+
+/* Remove the box's cgroup once its processes are gone (EBUSY while any is exiting). */
+static void remove_cgroup(void)
+{
+	if (!cg_path)
+		return;
+	char *leaf = xstrcat3(cg_path, "/", "box");
+	const char *paths[] = { leaf, cg_path };
+	for (int i = 0; i < 2; i++)
+		for (int tries = 0; tries < 200; tries++) {
+			if (rmdir(paths[i]) == 0 || errno != EBUSY)
+				break;
+			usleep(10000);
+		}
+	free(leaf);
+	cg_path = NULL;
+}
+
+/* fork(), but the child starts in the cgroup CGFD (clone3, Linux 5.7); without a cgroup,
+ * or where clone3 is refused, a plain fork whose child joins through cgroup.procs. */
+static pid_t fork_box(int cgfd)
+{
+	if (cgfd < 0)
+		return fork();
+	struct clone_args args;
+	memset(&args, 0, sizeof args);
+	args.flags = CLONE_INTO_CGROUP;
+	args.exit_signal = SIGCHLD;
+	args.cgroup = (uint64_t)cgfd;
+	pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
+	if (pid >= 0 || (errno != ENOSYS && errno != EPERM))
+		return pid;
+	int procs = openat(cgfd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+	pid = fork();
+	if (pid == 0 && (procs < 0 || write(procs, "0", 1) != 1))
+		_exit(125);
+	if (procs >= 0)
+		close(procs);
+	return pid;
+}
+
 /* ---- P ---------------------------------------------------------------------------------- */
 
 /* coopy-init copied into a sealed memfd: the box can never write to the host's file. */
@@ -1851,10 +1975,13 @@ static int run_box(struct plan *pl)
 	if (init_fd < 0 || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0
 	    || pipe2(errp, O_CLOEXEC) < 0)
 		goto fail;
+	int cgfd = -1;
+	if (pl->cg_parent && (cgfd = make_cgroup(pl, dir)) < 0)
+		goto fail;
 	int here = open(".", O_PATH | O_CLOEXEC);
 	if (chdir(dir) < 0)
 		goto fail;
-	a = fork();
+	a = fork_box(cgfd);
 	if (a == 0) {
 		close(sv[0]);
 		close(errp[0]);
@@ -1864,6 +1991,8 @@ static int run_box(struct plan *pl)
 	if (fchdir(here) < 0 && chdir("/") < 0)
 		say("chdir: %s", strerror(errno));
 	close(here);
+	if (cgfd >= 0)
+		close(cgfd);
 	close(sv[1]);
 	close(errp[1]);
 	for (int fd = 0; fd < 3; fd++)
@@ -1954,6 +2083,7 @@ static int run_box(struct plan *pl)
 		;
 	status = WIFSIGNALED(ws) ? 128 + WTERMSIG(ws) : WEXITSTATUS(ws);
 	stop_helper(&helper);
+	remove_cgroup();
 	remove_box_dir(pl, dir);
 	close(lock_fd);
 	return status;
@@ -1964,6 +2094,7 @@ fail:
 		waitpid(a, NULL, 0);
 	}
 	stop_helper(&helper);
+	remove_cgroup();
 	remove_box_dir(pl, dir);
 	if (lock_fd >= 0)
 		close(lock_fd);
