@@ -247,6 +247,14 @@ def _encode(p: Prepared, launch: Launch, rec: _Recorder) -> bytes:
     put("cmdargv")  # checked in _unreplayable: the front end takes it from after `--`
     if launch.network is not None:
         _network(launch.network, put)
+    if launch.cgroup:
+        from coopy.cgroup import Limits, plan_record
+
+        parent, prefix, files = plan_record(launch.cgroup, p.box_dir,
+                                            Limits(p.req.pids, p.req.memory, p.req.cpus))
+        put("cgroup", parent, prefix)
+        for name, value in files:
+            put("cglimit", name, value)
     _ops(launch, put)
     put("end")
     return bytes(out)

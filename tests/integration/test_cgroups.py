@@ -314,3 +314,28 @@ def test_a_child_starts_in_the_cgroup_by_clone3_or_by_joining(cgroup_host: Host,
     joined, where = res.stdout.split()
     assert joined == str(bool(threads))  # clone3 needs no join
     assert where == f"0::/{path.relative_to(cgroup_host.mount)}"
+
+
+def test_a_run_from_the_plan_cache_gets_its_cgroup_too(user: InCgroup, cgroup_host: Host) -> None:
+    """The native front end replays the box's cgroup (plancache.py: cgroup, cglimit)."""
+    ws = user.workspace()
+    env = {**user.user_config("[limits]\npids = 77\ncpus = 0.5\n"), "COOPY_DEBUG_FRONTEND": "1"}
+    first = user.coopy("run", "--", "true", cwd=ws, env=env)
+    assert first.returncode == 0, first.stderr
+    before = listing(user, cgroup_host)
+    err = ws / "stderr"
+    with open(err, "w") as f:
+        proc = subprocess.Popen(user.argv(["run", "--", "sleep", "3"]), cwd=ws,
+                                env=user.env(env), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=f)
+    try:
+        box = new_box_cgroup(user, cgroup_host, before)
+        assert (box / "pids.max").read_text().strip() == "77"
+        assert (box / "cpu.max").read_text().split() == ["50000", "100000"]
+        assert proc.wait(timeout=TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "starting the box from the plan" in err.read_text(), err.read_text()
+    assert not box.exists()
