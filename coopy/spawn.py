@@ -84,7 +84,7 @@ class Launch(NamedTuple):
     nproc: int | None = None  # RLIMIT_NPROC, set inside the box's user namespace
     nofile: int | None = None
     memory: int | None = None  # RLIMIT_DATA per process (when no cgroup holds memory)
-    cgroup: str | None = None  # the box's cgroup (coopy/cgroup.py), made; A joins it first
+    cgroup: str | None = None  # made by coopy/cgroup.py: the cgroup A is born in (step 0)
     control: bool = False  # keep a channel to coopy-init for shells and exec (keeper)
     network: NetSetup | None = None  # private network: the NAT helper P starts (coopy.net)
 
