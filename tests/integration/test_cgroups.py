@@ -145,6 +145,27 @@ def test_fork_bomb_stops_at_pids_max_and_the_host_stays_usable(
     assert not box.exists(), "the box's cgroup outlived it"
 
 
+def test_without_cgroups_the_pid_rlimit_holds(user: InCgroup, cgroup_host: Host) -> None:
+    """COOPY_CGROUPS=0 on a host that has them: the RLIMIT_NPROC fallback, as root too."""
+    ws = user.workspace()
+    env = {**user.user_config("[limits]\npids = 40\n"), "COOPY_CGROUPS": "0"}
+    (ws / "bomb.py").write_text(
+        "import os, time\nn, err = 0, 'none'\n"
+        "while n < 200:\n"
+        "    try:\n"
+        "        if os.fork() == 0:\n            time.sleep(30)\n            os._exit(0)\n"
+        "    except OSError as e:\n        err = e.strerror\n        break\n"
+        "    n += 1\n"
+        "os.kill(-1, 9)  # every process of the box but init and this one\n"
+        "print(n, err)\n")
+    before = listing(user, cgroup_host)
+    res = user.coopy("run", "--", "python3", str(ws / "bomb.py"), cwd=ws, env=env)
+    assert res.returncode == 0, res.stderr
+    count, err = res.stdout.split(maxsplit=1)
+    assert 30 <= int(count) <= 38 and err.strip() == "Resource temporarily unavailable"
+    assert listing(user, cgroup_host) == before  # no cgroup was made
+
+
 def test_cpus_throttle_a_busy_loop(user: InCgroup, cgroup_host: Host) -> None:
     ws = user.workspace()
     env = user.user_config("[limits]\ncpus = 0.5\n")
