@@ -39,6 +39,7 @@ _CPU_MIN_QUOTA = 1_000  # µs; the kernel refuses a smaller quota
 PARENT = "coopy"
 LEAF = "box"
 ENV_OFF = "COOPY_CGROUPS"  # "0": no cgroups, rlimits only (to compare, or to debug)
+_OPTIONAL = ("memory.swap.max",)  # absent without swap accounting (swapaccount=0)
 _OFF_HINT = f"`coopy doctor` checks cgroups; {ENV_OFF}=0 runs boxes without them"
 
 
@@ -248,6 +249,8 @@ def create_box(tree: Tree, box_dir: Path, limits: Limits) -> BoxCgroup | None:
         os.mkdir(path)
     try:
         for file, value in limit_files(limits, have):
+            if file in _OPTIONAL and not os.path.exists(f"{path}/{file}"):
+                continue
             _write(f"{path}/{file}", value)
         os.mkdir(f"{path}/{LEAF}")
     except BaseException:
@@ -287,7 +290,9 @@ def plan_record(procs_dir: str, box_dir: Path, limits: Limits,
     prefix (the run id follows), the limit files."""
     path = os.path.dirname(procs_dir)
     on = frozenset(c for c in CONTROLLERS if os.path.exists(f"{path}/{c}.max"))
-    return os.path.dirname(path), box_name(box_dir)[1], limit_files(limits, on)
+    files = [(f, v) for f, v in limit_files(limits, on)
+             if f not in _OPTIONAL or os.path.exists(f"{path}/{f}")]
+    return os.path.dirname(path), box_name(box_dir)[1], files
 
 
 def fork_into(path: str) -> tuple[int, int]:
