@@ -29,6 +29,7 @@ from coopy.image.store import (
     Store,
     UnpackJob,
     choose_manifest,
+    config_diff_ids,
     unpack_layers,
 )
 
@@ -154,8 +155,10 @@ def _from_layout(name: str, layout: Path, tag: str | None, facts: HostFacts,
             _unpacked(Store(), known, idmap):
         return known  # the same manifest, already unpacked: its layers were verified then
     config = _read_json(_blob(layout, doc.get("config")), f"{name}: config")
-    layers = [(_blob(layout, d), str(d.get("mediaType", "")), str(d["digest"]))
-              for d in doc.get("layers", [])]
+    descs = doc.get("layers", [])
+    diff_ids = config_diff_ids(config, len(descs), name)
+    layers = [(_blob(layout, d), str(d.get("mediaType", "")), str(d["digest"]), diff_id)
+              for d, diff_id in zip(descs, diff_ids, strict=True)]
     return _install(name, str(desc["digest"]), str(doc["config"]["digest"]), config,
                     layers, facts, idmap)
 
@@ -174,16 +177,17 @@ def _from_docker_save(name: str, root: Path, tag: str | None, facts: HostFacts,
     config_path = root.joinpath(*normalize(str(entry["Config"])))
     config = _read_json(config_path, f"{name}: config")
     layers = []
-    for rel in entry.get("Layers", []):
+    rels = entry.get("Layers", [])
+    for rel, diff_id in zip(rels, config_diff_ids(config, len(rels), name), strict=True):
         blob = root.joinpath(*normalize(str(rel)))
         digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
-        layers.append((blob, "", digest))
+        layers.append((blob, "", digest, diff_id))
     config_digest = "sha256:" + hashlib.sha256(config_path.read_bytes()).hexdigest()
     return _install(name, config_digest, config_digest, config, layers, facts, idmap)
 
 
 def _install(name: str, digest: str, config_digest: str, config: Any,
-             layers: list[tuple[Path, str, str]], facts: HostFacts,
+             layers: list[tuple[Path, str, str, str]], facts: HostFacts,
              idmap: IdMap | None) -> ImageRecord:
     from coopy.image.layer import compression_of
 
@@ -192,14 +196,14 @@ def _install(name: str, digest: str, config_digest: str, config: Any,
     store.layers_dir(idmap)
     refs: list[LayerRef] = []
     jobs: list[UnpackJob] = []
-    for blob, media, layer_digest in layers:
+    for blob, media, layer_digest, diff_id in layers:
         with open(blob, "rb") as f:
             sniffed = sniff_compression(f.read(4))
         compression = compression_of(media) if media else sniffed
-        refs.append(LayerRef(layer_digest, media or OCI_LAYER, blob.stat().st_size))
+        refs.append(LayerRef(layer_digest, media or OCI_LAYER, blob.stat().st_size, diff_id))
         dest = store.layer_path(layer_digest, idmap)
         if not dest.is_dir() and dest not in [j.dest for j in jobs]:
-            jobs.append(UnpackJob(blob, compression, dest))
+            jobs.append(UnpackJob(blob, compression, dest, diff_id or None))
     unpack_layers(jobs, idmap, facts)
     conf = config.get("config") if isinstance(config, dict) else None
     env = (conf or {}).get("Env") or () if isinstance(conf, dict) else ()
@@ -222,7 +226,7 @@ def install_tar_layer(name: str, tar: Path, *, facts: HostFacts, idmap: IdMap | 
 
     arch = host_platform().architecture
     record = _install(name, digest, digest, {"os": "linux", "architecture": arch},
-                      [(tar, OCI_LAYER, digest)], facts, idmap)
+                      [(tar, OCI_LAYER, digest, digest)], facts, idmap)
     record = record._replace(source=source)
     Store().save(record)
     return record

@@ -74,7 +74,9 @@ def images() -> Iterator[Images]:
         hostile = layout.image([(bottom, "gzip"), (tar_bytes([Entry("../../evil", data="x")]),
                                                    "gzip")])
         layout.tag(hostile, "hostile")
-        for tag in ("img", "plain", "multi", "hostile"):
+        # a config that lies about the top layer's diff_id (blob digests all correct)
+        layout.tag(layout.image([(bottom, "gzip"), (top, None)], lie=1), "liar")
+        for tag in ("img", "plain", "multi", "hostile", "liar"):
             push(base / "oci", tag, f"{registry.host}/test/{tag}:v1")
         info = {"bottom_gz": hashlib.sha256(_gz_of(layout, img, 0)).hexdigest(),
                 "img": img}
@@ -245,6 +247,21 @@ def test_hostile_layer_is_refused_and_leaves_nothing(box_user: BoxUser, images: 
                  if p.name.startswith(".tmp-")]
     assert leftovers == []
     assert not (WORK_BASE / "evil").exists()
+
+
+def test_layer_not_matching_its_diff_id_is_refused(box_user: BoxUser, images: Images,
+                                                   home: dict[str, str]) -> None:
+    res = box_user.coopy("pull", images.ref("test/liar:v1"), env=home)
+    assert res.returncode == 125, res.stderr
+    assert "rootfs.diff_ids says sha256:" in res.stderr and "refused" in res.stderr
+    data = Path(home["COOPY_HOME"]) / "data"
+    (mapdir,) = list((data / "layers").iterdir())
+    # no layer, no half-unpacked directory, no layer blob (fetched again next time),
+    # no image record
+    assert [p.name for p in mapdir.iterdir()] == ["map.json"]
+    blobs = [p.stat().st_size for p in (data / "blobs" / "sha256").iterdir()]
+    assert len(blobs) == 2 and max(blobs) < 4096  # the manifest and the config only
+    assert box_user.coopy("images", "--json", env=home).stdout.strip() == "[]"
 
 
 def test_interrupted_download_resumes(box_user: BoxUser, images: Images,
