@@ -29,8 +29,8 @@ def ensure_image(name: str, *, facts: HostFacts, idmap: IdMap | None,
                  workspace: Path | None = None) -> ImageRecord:
     """The store's record of ``name``, pulled (or unpacked for this map) when missing.
 
-    ``oci:PATH[:TAG]`` and ``recipe:NAME`` (looked up in ``workspace``/rootfs first) are
-    local sources.
+    ``oci:PATH[:TAG]``, ``dir:PATH`` and ``recipe:NAME`` (looked up in
+    ``workspace``/rootfs first) are local sources.
     """
     from coopy.image.ref import parse_reference
 
@@ -43,6 +43,10 @@ def ensure_image(name: str, *, facts: HostFacts, idmap: IdMap | None,
         from coopy.image.local import import_oci
 
         return import_oci(name, facts=facts, idmap=idmap, platform=platform)
+    if name.startswith("dir:"):
+        from coopy.image.local import import_dir
+
+        return import_dir(name, facts=facts, idmap=idmap)
     store = Store()
     full = str(parse_reference(name))
     record = store.get(full)

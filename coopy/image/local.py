@@ -1,6 +1,7 @@
 """Images from local files: ``oci:PATH[:TAG]``, an OCI image layout directory, or a tarball
 of one (``skopeo copy … oci-archive:``, ``docker save`` of Docker 25+), or a ``docker save``
-tarball of the older form (``manifest.json`` naming ``<id>/layer.tar`` files).
+tarball of the older form (``manifest.json`` naming ``<id>/layer.tar`` files); and
+``dir:PATH``, a directory holding a root filesystem.
 
 The layout is read as the registry's answers are: index → (platform) → manifest →
 config and layers, every blob's sha256 checked against its descriptor.  Layers are
@@ -230,3 +231,81 @@ def install_tar_layer(name: str, tar: Path, *, facts: HostFacts, idmap: IdMap | 
     record = record._replace(source=source)
     Store().save(record)
     return record
+
+
+def import_dir(name: str, *, facts: HostFacts, idmap: IdMap | None) -> ImageRecord:
+    """The image of ``dir:PATH``: the directory's tree as one layer, made again when
+    any entry's type, mode, owner, size or time changed.
+
+    The tree is written as a tar and unpacked like any layer (the same hardened
+    extractor, in the box's user namespace), so the box never sees the directory itself
+    and a change to it after the import does not reach running boxes.  Owners: as
+    root, the files' ids are the box's (a root filesystem made by root); rootless, the
+    tar is written as root of a user namespace with the box's map, so your files are
+    box root's and files of your subordinate ids the box ids they map to.
+    """
+    path = Path(name[len("dir:"):]).expanduser().resolve()
+    if not path.is_dir():
+        raise ImageError(f"{name}: {path} is not a directory",
+                         hint="dir:PATH names a directory holding a root filesystem")
+    full = f"dir:{path}"
+    stamp = "dir:" + _tree_stamp(path)
+    store = Store()
+    known = store.get(full)
+    if known is not None and known.source == stamp and _unpacked(store, known, idmap):
+        return known
+    store.ensure()
+    in_userns = idmap is not None and facts.uid != 0 and idmap.subordinate
+    own = None if facts.uid == 0 or in_userns else (facts.uid, facts.gid)
+    with tempfile.TemporaryDirectory(prefix="coopy-dir-", dir=store.root) as tmp:
+        tar = Path(tmp) / "rootfs.tar"
+        fd = os.open(tar, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            from coopy.image.store import _in_userns
+
+            errors = _in_userns(idmap if in_userns else None, facts,
+                                lambda: _write_tree_tar(path, fd, own))
+        finally:
+            os.close(fd)
+        if errors:
+            raise ImageError(f"{name}: reading the directory: {errors[0][1]}",
+                             hint="every file of the tree must be readable by you (or, "
+                             "rootless, by your subordinate ids)")
+        return install_tar_layer(full, tar, facts=facts, idmap=idmap, source=stamp)
+
+
+def _tree_stamp(root: Path) -> str:
+    """A hash of every entry's (path, type and mode, owner, size, mtime) under ``root``."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for n in [".", *sorted(filenames), *dirnames]:
+            try:
+                st = os.lstat(os.path.join(dirpath, n))
+            except OSError:
+                continue
+            h.update(f"{os.path.relpath(dirpath, root)}/{n}\0{st.st_mode}:{st.st_uid}:"
+                     f"{st.st_gid}:{st.st_size}:{st.st_mtime_ns}\n".encode(errors="replace"))
+    return h.hexdigest()
+
+
+def _write_tree_tar(root: Path, fd: int, own: tuple[int, int] | None) -> list[tuple[int, str]]:
+    """Write ``root``'s tree as a tar to ``fd`` ([] or [(0, why)], as the unpack workers).
+
+    ``own``: the caller's ids, which become box root's (rootless without a namespace).
+    """
+
+    def entry(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uname = info.gname = ""  # numeric ids only: the box's, not this host's names
+        if own is not None:
+            info.uid = 0 if info.uid == own[0] else info.uid
+            info.gid = 0 if info.gid == own[1] else info.gid
+        return info
+
+    try:
+        with os.fdopen(os.dup(fd), "wb") as out, \
+                tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(str(root), arcname=".", recursive=True, filter=entry)
+    except OSError as exc:
+        return [(0, f"{exc.filename or root}: {exc.strerror or exc}")]
+    return []
