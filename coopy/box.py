@@ -294,7 +294,8 @@ def _with_box(
         raise HostError(f"user {user.name} (uid {user.uid}) does not exist in this box's id map")
     image_layers: tuple[str, ...] = ()
     if req.image != "host":
-        from coopy.image.boxroot import check_layer_count, ensure_image, image_env, layer_paths
+        from coopy.image.boxroot import ensure_image, image_env, layer_paths
+        from coopy.image.flatten import fit_layers
 
         record = ensure_image(req.image, facts=facts, idmap=idmap, platform=req.platform,
                               insecure=req.insecure, workspace=req.workspace)
@@ -303,7 +304,7 @@ def _with_box(
             from coopy.image.build import ensure_built
 
             image_layers = ensure_built(req, record, idmap, facts, quiet=True) + image_layers
-        check_layer_count(image_layers)
+        image_layers = fit_layers(record, image_layers, idmap, facts)  # overlay's limit
         req = req._replace(env={**image_env(record), **req.env})
 
     workspace = req.workspace.resolve()

@@ -14,7 +14,6 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from coopy.errors import ImageError
 from coopy.facts import HostFacts
 from coopy.idmap import IdMap
 from coopy.image.store import ImageRecord, Store, install_layers, pull, say
@@ -181,10 +180,3 @@ def image_env(record: ImageRecord) -> dict[str, str]:
             env[key] = value
     return env
 
-
-def check_layer_count(layers: Sequence[str]) -> None:
-    """Refuse images past overlayfs' limit of 500 lower layers, saying so."""
-    if len(layers) + 1 > 500:
-        raise ImageError(f"the image has {len(layers)} layers; overlayfs stacks at most 499 "
-                         "plus the box's own",
-                         hint="squash the image (e.g. `docker build --squash`)")

@@ -232,6 +232,7 @@ def unpack_layers(jobs: Sequence[UnpackJob], idmap: IdMap | None, facts: HostFac
     """
     if not jobs:
         return
+    _fds_for(2 * len(jobs))
     owner = _box_root_ids(idmap, facts)
     prefix = "trusted.overlay." if idmap is None else "user.overlay."
     tmps: list[Path] = []
@@ -268,6 +269,18 @@ def unpack_layers(jobs: Sequence[UnpackJob], idmap: IdMap | None, facts: HostFac
         for tmp in tmps:
             if tmp.exists():
                 remove_owned_tree(tmp, idmap, facts)
+
+
+def _fds_for(count: int) -> None:
+    """Raise the soft RLIMIT_NOFILE (up to the hard one) so ``count`` more fds fit: an
+    image of hundreds of layers holds two per layer while they unpack."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = count + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (
+            want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
 
 
 def _box_root_ids(idmap: IdMap | None, facts: HostFacts) -> tuple[int, int] | None:

@@ -69,13 +69,31 @@ def _create(path: Path, sources: list[str], facts: HostFacts, idmap: IdMap | Non
         # is box root), so a chown to box root's host id would make it nobody's inside.
         path.mkdir(mode=0o755)
         return
-    from coopy.image.store import _in_userns, remove_owned_tree
+    from coopy.image.store import remove_owned_tree
 
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    rootless_sub = idmap is not None and facts.uid != 0 and idmap.subordinate
-    if os.path.lexists(tmp):
+    try:
+        error = merge_as_box(sources, tmp, idmap, facts, _owner_map(facts, idmap, box_ids))
+        if error:
+            raise HostError(f"seeding volume {path.name} from the image: {error}",
+                            hint="free some disk space, or create the volume empty with "
+                            "a box on the host image")
+        os.rename(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            remove_owned_tree(tmp, idmap, facts)
+
+
+def merge_as_box(sources: Sequence[str], tmp: Path, idmap: IdMap | None, facts: HostFacts,
+                 owner: Owner) -> str | None:
+    """:func:`copy_merged` of ``sources`` (layers of the box's map) to the new ``tmp``;
+    rootless with subordinate ids as root of a user namespace with that map (the files
+    belong to those ids).  Returns what went wrong, or None."""
+    from coopy.image.store import _in_userns, remove_owned_tree
+
+    if os.path.lexists(tmp):  # left by an interrupted copy
         remove_owned_tree(tmp, idmap, facts)
-    owner = _owner_map(facts, idmap, box_ids)
+    rootless_sub = idmap is not None and facts.uid != 0 and idmap.subordinate
 
     def copy() -> list[tuple[int, str]]:
         try:
@@ -84,16 +102,8 @@ def _create(path: Path, sources: list[str], facts: HostFacts, idmap: IdMap | Non
             return [(0, f"{exc.filename or ''}: {exc.strerror or exc}")]
         return []
 
-    try:
-        errors = _in_userns(idmap if rootless_sub else None, facts, copy)
-        if errors:
-            raise HostError(f"seeding volume {path.name} from the image: {errors[0][1]}",
-                            hint="free some disk space, or create the volume empty with "
-                            "a box on the host image")
-        os.rename(tmp, path)
-    finally:
-        if os.path.lexists(tmp):
-            remove_owned_tree(tmp, idmap, facts)
+    errors = _in_userns(idmap if rootless_sub else None, facts, copy)
+    return errors[0][1] if errors else None
 
 
 def _owner_map(facts: HostFacts, idmap: IdMap | None, box_ids: tuple[int, int]) -> Owner:

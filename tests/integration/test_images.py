@@ -487,6 +487,7 @@ def test_dir_image(box_user: BoxUser, images: Images, home: dict[str, str]) -> N
     listed = [i["name"] for i in json.loads(box_user.coopy("images", "--json",
                                                            env=home).stdout)]
     assert listed == [src]
+    assert box_user.coopy("images", "rm", src, env=home).returncode == 0
 
 
 # imgprobe as sh runs "imgprobe cat …" (and ignores the rest); the host's sh runs cat
@@ -510,6 +511,46 @@ def test_project_local_images_need_trust(box_user: BoxUser, images: Images,
         res = box_user.coopy("run", "--", "sh", "-c", CAT_RELEASE, cwd=ws, env=home)
         assert res.returncode == 0 and "ID=coopytest" in res.stdout, res.stderr
         assert "asks for more" not in res.stderr
+
+
+@pytest.mark.slow
+def test_many_layers_are_flattened(box_user: BoxUser, images: Images,
+                                   home: dict[str, str]) -> None:
+    """503 layers: more than overlayfs stacks (500) and than a box of root is passed
+    (150): the bottom ones are merged into one layer, whiteouts and opaque dirs applied."""
+    ws = box_user.workspace()
+    layout = OciLayout(ws / "many")
+    tars = [tar_bytes(base_entries(probe_binary(WORK_BASE / "images-session")))]
+    for i in range(1, 503):
+        entries = [Entry("l/", "dir", mode=0o755), Entry(f"l/{i}", data=f"{i}\n")]
+        if i == 1:
+            entries += [Entry("d/", "dir", mode=0o755), Entry("d/x", data="x")]
+        if i == 2:  # in the merged part: deletes l/1, hides d/x
+            entries += [Entry("l/.wh.1"), Entry("d/", "dir", mode=0o755),
+                        Entry("d/.wh..wh..opq"), Entry("d/y", data="y")]
+        if i == 500:  # above the merged part: still deletes what is in it
+            entries += [Entry("l/.wh.3")]
+        tars.append(tar_bytes(entries))
+    layout.tag(layout.image([(t, None) for t in tars]), "many")
+    subprocess.run(["chown", "-R", f"{box_user.uid}:{box_user.pw.pw_gid}", str(ws)],
+                   check=True)
+    src = f"oci:{ws / 'many'}:many"
+    res = box_user.coopy("run", "--image", src, "--", "/bin/imgprobe", "ls", "/l", cwd=ws,
+                         env=home, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert sorted(map(int, res.stdout.split())) == [i for i in range(2, 503) if i != 3]
+    assert "has 503 layers, more than a box stacks" in res.stderr
+    assert run_probe(box_user, home, src, "ls", "/d") == "y\n"
+    assert run_probe(box_user, home, src, "stat", "/srv/owned") == "file 644 1000 1000\n"
+    # made once: the next box uses it; prune keeps it while the image is kept
+    res = box_user.coopy("run", "--image", src, "--", "/bin/imgprobe", "cat", "/l/502",
+                         cwd=ws, env=home)
+    assert (res.returncode, res.stdout) == (0, "502\n") and "merging" not in res.stderr
+    assert box_user.coopy("system", "prune", env=home).returncode == 0
+    res = box_user.coopy("run", "--image", src, "--", "/bin/imgprobe", "id", cwd=ws, env=home)
+    assert res.returncode == 0 and "merging" not in res.stderr, res.stderr
+    listed = [i["name"] for i in json.loads(box_user.coopy("images", "--json", env=home).stdout)]
+    assert len(listed) == 2 and listed[1].startswith(src + "+flat-")
 
 
 def test_killed_build_leaves_no_half_layer(box_user: BoxUser, images: Images,
