@@ -10,7 +10,8 @@
  * The key.  SHA-256 over: this program's own file (device, inode, size, mtime: a
  * reinstall makes new keys), the boot id, the caller's uid/gid, the working directory,
  * the arguments up to `--` (the command after it is taken from this invocation), and
- * the whole environment but for a few variables coopy never reads (_, OLDPWD, SHLVL).  On a miss the hex key goes to the Python CLI in COOPY_PLAN_KEY;
+ * the whole environment but for a few variables coopy never reads (_, OLDPWD, SHLVL,
+ * and this program's own COOPY_PLAN_STRICT and COOPY_DEBUG_FRONTEND).  On a miss the hex key goes to the Python CLI in COOPY_PLAN_KEY;
  * Python resolves the run as always and, when the run can be replayed (no network
  * helper, no GPUs, no warning printed, …: coopy/plancache.py), writes the plan to
  * <state>/plans/<key> before it starts the box.
@@ -48,7 +49,9 @@
  * forks B, B applies the plan and execs coopy-init from a sealed memfd.  Any failure
  * before the box's command is exec'd removes what was made, drops the plan, and hands
  * the same invocation to the Python CLI, which does it again and reports properly.
- * COOPY_NO_PLAN_CACHE=1 skips the cache; COOPY_DEBUG_FRONTEND=1 says why it missed.
+ * COOPY_NO_PLAN_CACHE=1 skips the cache; COOPY_DEBUG_FRONTEND=1 says why it missed;
+ * COOPY_PLAN_STRICT=1 (the test suite) makes a failure on this path an error (125)
+ * instead of a quiet second try through Python, so that no test passes by fallback.
  */
 #include "common.h"
 
@@ -141,6 +144,7 @@ static int sys_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 
 
 static int debug;
 static char **saved_argv;
+static char last_failure[1100] = "unknown";
 
 static void say(const char *fmt, ...)
 {
@@ -290,7 +294,8 @@ static int by_string(const void *a, const void *b)
 
 static int ignored_var(const char *kv)
 {
-	static const char *const names[] = { "_=", "OLDPWD=", "SHLVL=", "COOPY_PLAN_KEY=" };
+	static const char *const names[] = { "_=", "OLDPWD=", "SHLVL=", "COOPY_PLAN_KEY=",
+					     "COOPY_PLAN_STRICT=", "COOPY_DEBUG_FRONTEND=" };
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
 		if (strncmp(kv, names[i], strlen(names[i])) == 0)
 			return 1;
@@ -2042,7 +2047,8 @@ static int run_box(struct plan *pl)
 	}
 	err[got] = 0;
 	if (got > 0 || init_pidfd < 0) {
-		say("setting up the box: %s", got ? err : "no word from it");
+		snprintf(last_failure, sizeof last_failure, "%s", got ? err : "no word from it");
+		say("setting up the box: %s", last_failure);
 		goto fail;
 	}
 	close(errp[0]);
@@ -2088,7 +2094,9 @@ static int run_box(struct plan *pl)
 	close(lock_fd);
 	return status;
 fail:
-	say("starting the box failed: %s", strerror(errno));
+	if (!strcmp(last_failure, "unknown"))
+		snprintf(last_failure, sizeof last_failure, "%s", strerror(errno));
+	say("starting the box failed: %s", last_failure);
 	if (a > 0) {
 		kill(a, SIGKILL);
 		waitpid(a, NULL, 0);
@@ -2150,6 +2158,13 @@ static void try_plan(int argc, char **argv)
 	int status = run_box(&pl);
 	if (status >= 0)
 		exit(status);
+	const char *strict = getenv("COOPY_PLAN_STRICT");
+	if (strict && *strict && strcmp(strict, "0")) { /* the test suite: no silent fallback */
+		dprintf(2, "coopy: the box could not be started from its plan %s (%s)\n", key,
+			last_failure);
+		unlink(path);
+		exit(125);
+	}
 	unlink(path); /* it failed before the command ran: Python does it again, and says why */
 }
 

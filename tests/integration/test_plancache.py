@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -23,7 +24,7 @@ import pytest
 from tests.conftest import BoxUser
 
 HIT = "starting the box from the plan"
-DEBUG = {"COOPY_DEBUG_FRONTEND": "1"}
+DEBUG = {"COOPY_DEBUG_FRONTEND": "1"}  # not part of the key
 
 
 def twice(user: BoxUser, *args: str, cwd: Path, new: bool = True, **kw: Any,
@@ -173,15 +174,38 @@ def test_a_new_or_changed_coop_toml_is_seen(box_user: BoxUser) -> None:
     assert HIT in fifth.stderr and fifth.stdout == "v=two\n"
 
 
-def test_failure_before_the_command_falls_back_to_python(box_user: BoxUser) -> None:
+def test_a_gone_mount_source_is_a_miss(box_user: BoxUser) -> None:
     ws = box_user.workspace()
     src = box_user.workspace()
     args = ("run", "--net", "none", "-v", f"{src}:/data", "--", "true")
     twice(box_user, *args, cwd=ws)
-    src.rmdir()  # gone: the plan's bind fails, Python says why
+    src.rmdir()  # the plan saw it: not used, and Python says what is wrong
     res = box_user.coopy(*args, cwd=ws, env=DEBUG)
-    assert res.returncode == 125
-    assert "coopy: " in res.stderr and str(src) in res.stderr
+    assert res.returncode == 125 and HIT not in res.stderr
+    assert f"{src} does not exist" in res.stderr
+
+
+def test_failure_before_the_command_falls_back_to_python(box_user: BoxUser) -> None:
+    """A failure the plan could not foresee (here: the shared skeleton layer removed
+    behind its back) drops the plan and runs the same invocation through Python."""
+    ws = box_user.workspace()
+    args = ("run", "--net", "none", "--", "sh", "-c", "echo fine")
+    runs = box_user.home / ".local/state/coopy/run"
+    twice(box_user, *args, cwd=ws)
+    for skel in runs.glob("skel-*"):
+        shutil.rmtree(skel)
+    res = box_user.coopy(*args, cwd=ws, env={**DEBUG, "COOPY_PLAN_STRICT": "0"})
+    assert res.returncode == 0 and res.stdout == "fine\n", res.stderr
+    assert HIT in res.stderr and "starting the box failed" in res.stderr
+    # That run went through Python, which wrote the plan again; the suite's strict mode
+    # turns the same failure into an error, so no other test passes by the fallback.
+    for skel in runs.glob("skel-*"):
+        shutil.rmtree(skel)
+    res = box_user.coopy(*args, cwd=ws, env=DEBUG)
+    assert res.returncode == 125 and res.stdout == ""
+    assert "could not be started from its plan" in res.stderr
+    res = box_user.coopy(*args, cwd=ws, env=DEBUG)  # the plan went with the failure
+    assert res.returncode == 0 and HIT not in res.stderr
 
 
 def test_plans_are_private_and_bounded(box_user: BoxUser) -> None:
