@@ -3,7 +3,8 @@
 overlayfs stacks at most 500 lower layers (``OVL_MAX_STACK``), and the box adds one of
 its own (``image-etc``).  Boxes of root meet a lower limit first: the parent clones each
 image layer (``open_tree``) and passes the fds to the box's process in one SCM_RIGHTS
-message of at most 200 fds (coopy/spawn.py), next to the id-mapped binds.  An image with
+message of at most 200 fds, next to the id-mapped binds, with their paths (coopy/spawn.py;
+the native front end, native/coopy.c, has 16 KiB for the paths).  An image with
 more layers than the box may stack keeps its top layers as they are and has the rest
 merged, as overlayfs would show them (whiteouts and opaque directories applied: nothing
 is below), into one *flattened* layer, ``layers/<map>/<key>`` with ``key = sha256`` of
@@ -27,6 +28,7 @@ from coopy.image.store import ImageRecord, LayerRef, Store, remove_owned_tree, s
 
 OVERLAY_MAX_LOWER = 500  # the kernel's OVL_MAX_STACK
 ROOT_BOX_MAX_LAYERS = 150  # fds passed to a box of root: 200, less room for its binds
+ROOT_BOX_PATH_BYTES = 12 << 10  # and their paths: 16 KiB, less room for the binds'
 FLAT_TYPE = "application/vnd.coopy.flattened"
 
 
@@ -37,21 +39,39 @@ def max_layers(facts: HostFacts, idmap: IdMap | None) -> int:
     return OVERLAY_MAX_LOWER - 1
 
 
+def layers_kept(layers: Sequence[str], facts: HostFacts, idmap: IdMap | None) -> int | None:
+    """How many top layers stay as they are above a flattened one; None: no need."""
+    from itertools import accumulate
+
+    limit = max_layers(facts, idmap)
+    sizes = [len(p) + 1 for p in layers]
+    root_box = facts.uid == 0 and idmap is not None
+    if len(layers) <= limit and (not root_box or sum(sizes) <= ROOT_BOX_PATH_BYTES):
+        return None
+    count = limit - 1
+    if root_box:  # as many paths as fit, with the flattened layer's (as long as any)
+        budget = ROOT_BOX_PATH_BYTES - max(sizes)
+        count = min(count, sum(1 for total in accumulate(sizes) if total <= budget))
+    return count
+
+
 def fit_layers(record: ImageRecord, layers: Sequence[str], idmap: IdMap | None,
                facts: HostFacts) -> tuple[str, ...]:
     """``layers`` (top first) as the box can stack them: unchanged, or the top ones and
     one flattened layer for the rest (made now when it is not there yet)."""
-    limit = max_layers(facts, idmap)
-    if len(layers) <= limit:
+    count = layers_kept(layers, facts, idmap)
+    if count is None:
         return tuple(layers)
-    keep, bottom = list(layers[: limit - 1]), list(layers[limit - 1:])
+    root_box = facts.uid == 0 and idmap is not None
+    keep, bottom = list(layers[:count]), list(layers[count:])
     names = "\n".join(os.path.basename(p) for p in reversed(bottom))
     key = "sha256:" + hashlib.sha256(f"flatten\n{names}".encode()).hexdigest()
     store = Store()
     dest = store.layer_path(key, idmap)
     if not dest.is_dir():
-        say(f"coopy: {record.name} has {len(layers)} layers, more than a box stacks "
-            f"({limit}): merging the bottom {len(bottom)} into one (once)")
+        say(f"coopy: {record.name} has {len(layers)} layers, more than a box "
+            f"{'of root ' if root_box else ''}stacks ({count + 1}): merging the bottom "
+            f"{len(bottom)} into one (once)")
         _flatten(bottom, dest, idmap, facts)
     name = f"{record.name}+flat-{key[7:19]}"
     if store.get(name) is None:  # what keeps the layer through `coopy system prune`

@@ -81,3 +81,20 @@ def test_owner_map() -> None:
     assert _owner_map(base, None, (0, 0))(7, 8) == (7, 8)
     rootless = base._replace(uid=1000)
     assert _owner_map(rootless, box, (0, 0))(100007, 3) == (100007, 3)
+
+
+def test_how_many_layers_are_kept() -> None:
+    from coopy.image.flatten import layers_kept
+
+    box = IdMap((IdRange(0, 100000, 65536),), (IdRange(0, 100000, 65536),), True)
+    short = [f"/d/{i:064x}" for i in range(600)]  # 68 bytes a path, with its NUL
+    rootless = host_facts()
+    assert layers_kept(short[:499], rootless, box) is None
+    assert layers_kept(short[:500], rootless, box) == 498  # + flattened + the box's own
+    root = host_facts(0, "root")
+    assert layers_kept(short[:150], root, box) is None
+    assert layers_kept(short[:151], root, box) == 149
+    assert layers_kept(short[:150], root, None) is None  # --userns=host: no fds passed
+    long = ["/" + "x" * 199] * 100  # 20 KB of paths: more than a message carries
+    kept = layers_kept(long, root, box)
+    assert kept is not None and (kept + 1) * 201 <= 12 << 10 < (kept + 2) * 201
