@@ -3,8 +3,8 @@
 overlayfs stacks at most 500 lower layers (``OVL_MAX_STACK``), and the box adds one of
 its own (``image-etc``).  Boxes of root meet a lower limit first: the parent clones each
 image layer (``open_tree``) and passes the fds to the box's process in one SCM_RIGHTS
-message of at most 200 fds, next to the id-mapped binds, with their paths (coopy/spawn.py;
-the native front end, native/coopy.c, has 16 KiB for the paths).  An image with
+message of at most 200 fds, next to the id-mapped binds, with their paths (64 KiB:
+coopy/spawn.py, native/coopy.c).  An image with
 more layers than the box may stack keeps its top layers as they are and has the rest
 merged, as overlayfs would show them (whiteouts and opaque directories applied: nothing
 is below), into one *flattened* layer, ``layers/<map>/<key>`` with ``key = sha256`` of
@@ -28,7 +28,7 @@ from coopy.image.store import ImageRecord, LayerRef, Store, remove_owned_tree, s
 
 OVERLAY_MAX_LOWER = 500  # the kernel's OVL_MAX_STACK
 ROOT_BOX_MAX_LAYERS = 150  # fds passed to a box of root: 200, less room for its binds
-ROOT_BOX_PATH_BYTES = 12 << 10  # and their paths: 16 KiB, less room for the binds'
+ROOT_BOX_PATH_BYTES = 48 << 10  # and their paths: 64 KiB, less room for the binds'
 FLAT_TYPE = "application/vnd.coopy.flattened"
 
 

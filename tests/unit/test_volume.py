@@ -95,6 +95,6 @@ def test_how_many_layers_are_kept() -> None:
     assert layers_kept(short[:150], root, box) is None
     assert layers_kept(short[:151], root, box) == 149
     assert layers_kept(short[:150], root, None) is None  # --userns=host: no fds passed
-    long = ["/" + "x" * 199] * 100  # 20 KB of paths: more than a message carries
+    long = ["/" + "x" * 999] * 100  # 100 KB of paths: more than a message carries
     kept = layers_kept(long, root, box)
-    assert kept is not None and (kept + 1) * 201 <= 12 << 10 < (kept + 2) * 201
+    assert kept is not None and (kept + 1) * 1001 <= 48 << 10 < (kept + 2) * 1001
