@@ -22,6 +22,8 @@ from coopy.state import BoxRecord
 from coopy.term import get_winsize, raw_mode, signal_pipe
 
 DETACH_KEY = 0x1D  # Ctrl+]
+_RECV = 1 << 20  # the keeper sends up to 256 KiB of output per frame
+_IOV_MAX = 1024  # buffers per writev(2) (Linux's UIO_MAXIOV)
 
 
 def parse_detach_key(spec: str) -> int:
@@ -158,21 +160,31 @@ def _loop(sock: socket.socket, sig_fd: int, detach_key: int, name: str) -> int:
             else:
                 sock.sendall(proto.encode(T.DATA, data))
         if sock.fileno() in ready:
-            data = sock.recv(65536)
+            data = sock.recv(_RECV)
             if not data:
                 raise BoxStateError(f"box {name!r}: its keeper went away",
                                     hint="`coopy ls` shows what happened")
+            output = []  # the DATA of this read, written with one writev
             for frame in decoder.feed(data):
                 if frame.type == T.DATA:
-                    _write_all(1, frame.payload)
-                elif frame.type == T.EXIT:
+                    output.append(frame.payload)
+                    continue
+                _write_all(1, *output)
+                output = []
+                if frame.type == T.EXIT:
                     return proto.unpack_int(frame)
-                elif frame.type == T.ERROR:
+                if frame.type == T.ERROR:
                     # said, then the keeper sends EXIT (or closes: the error above)
                     os.write(2, f"\r\ncoopy: {frame.payload.decode()}\r\n".encode())
+            _write_all(1, *output)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+def _write_all(fd: int, *chunks: bytes) -> None:
+    """Write every chunk, in order, with as few writev(2) calls as the fd allows."""
+    views = [memoryview(c) for c in chunks if c]
+    while views:
+        n = os.writev(fd, views[:_IOV_MAX])
+        while views and n >= len(views[0]):
+            n -= len(views.pop(0))
+        if n:
+            views[0] = views[0][n:]

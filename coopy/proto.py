@@ -53,9 +53,15 @@ class Frame(NamedTuple):
 
 def encode(kind: T, payload: bytes = b"") -> bytes:
     """One frame, ready to send."""
-    if len(payload) > MAX_PAYLOAD:
-        raise ProtocolError(f"{kind.name}: payload of {len(payload)} bytes is too large")
-    return _HEADER.pack(kind, len(payload)) + payload
+    return header(kind, len(payload)) + payload
+
+
+def header(kind: T, length: int) -> bytes:
+    """The header of a frame whose ``length`` bytes of payload are sent after it (the
+    keeper sends header and payload with one sendmsg, without joining them)."""
+    if length > MAX_PAYLOAD:
+        raise ProtocolError(f"{kind.name}: payload of {length} bytes is too large")
+    return _HEADER.pack(kind, length)
 
 
 def encode_json(kind: T, value: Any) -> bytes:
@@ -102,19 +108,27 @@ class Decoder:
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add received bytes; return the frames they complete."""
-        self._buf += data
+        buf = self._buf
+        if buf:
+            buf += data
+        src: bytes | bytearray = buf if buf else data  # whole frames: no copy into buf
         frames = []
-        while len(self._buf) >= _HEADER.size:
-            kind, length = _HEADER.unpack_from(self._buf)
+        pos, size = 0, len(src)
+        while size - pos >= _HEADER.size:
+            kind, length = _HEADER.unpack_from(src, pos)
             if length > MAX_PAYLOAD:
                 raise ProtocolError(f"frame of {length} bytes is too large")
             try:
                 t = T(kind)
             except ValueError:
                 raise ProtocolError(f"unknown frame type {kind}") from None
-            end = _HEADER.size + length
-            if len(self._buf) < end:
+            end = pos + _HEADER.size + length
+            if end > size:
                 break
-            frames.append(Frame(t, bytes(self._buf[_HEADER.size:end])))
-            del self._buf[:end]
+            frames.append(Frame(t, bytes(src[pos + _HEADER.size:end])))
+            pos = end
+        if src is buf:
+            del buf[:pos]
+        else:
+            buf += memoryview(data)[pos:]
         return frames
