@@ -463,7 +463,7 @@ class Keeper:
             case T.DATA | T.RESIZE:
                 pass  # not attached (yet): an exec client's or a shell still starting
             case _:
-                self._send(client, proto.encode(T.ERROR, f"unexpected {frame.type.name}"
+                self._send(client, proto.encode(T.ERROR, f"unexpected {proto.name(frame.type)}"
                                                 .encode()))
 
     def _hello(self, client: _Client, hello: dict[str, object]) -> None:

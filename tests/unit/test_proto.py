@@ -68,3 +68,24 @@ def test_bad_fixed_sizes(payload: bytes) -> None:
         proto.unpack_resize(payload)
     with pytest.raises(proto.ProtocolError):
         proto.unpack_int(proto.Frame(T.EXIT, payload))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12)
+
+
+@given(json_values)
+def test_json_without_the_json_module_matches_it(value: object) -> None:
+    import json
+
+    assert proto.dumps(value) == json.dumps(value)
+    assert proto.loads(json.dumps(value)) == json.loads(json.dumps(value))
+    assert proto.loads(f" \n{json.dumps(value, indent=1)}\n") == value
+
+
+@pytest.mark.parametrize("text", ["", "  ", "{", "[1] x", '{"a":}', "nul"])
+def test_bad_json_is_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        proto.loads(text)
