@@ -1,5 +1,7 @@
 # coopy: native helpers, tests, benchmarks.
-#   make            build the native helpers into coopy/libexec/ (what `pip install` does)
+#   make            build the native helpers into coopy/libexec/ (what `pip install` does):
+#                   coopy-init (PID 1 of a box) and coopy (the front end, installed as the
+#                   `coopy` command; the Python CLI is `coopy-py`)
 #   make test       the whole test suite, as root and as an unprivileged user it creates
 #   make bench      start-up and other benchmarks against bubblewrap/unshare/podman
 CC      ?= cc
@@ -8,7 +10,7 @@ CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -D_FORTIFY_SOURCE=2 -fstack-protecto
 # Static: PID 1 runs inside any image (musl, distroless) with no loader of its own.
 LDFLAGS += -static
 LIBEXEC := coopy/libexec
-HELPERS := $(LIBEXEC)/coopy-init
+HELPERS := $(LIBEXEC)/coopy-init $(LIBEXEC)/coopy
 PYTHON  ?= /usr/bin/python3
 # The test environment lives outside the checkout so the unprivileged test user can use
 # it even when the checkout is under /root.

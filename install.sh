@@ -91,14 +91,20 @@ fi
 VENV="$PREFIX/venv"
 restrict=$(cat /proc/sys/kernel/apparmor_restrict_unprivileged_userns 2>/dev/null || echo 0)
 if [ "$restrict" = 1 ]; then
-    say "AppArmor restricts user namespaces: allowing them for coopy's interpreter only"
+    say "AppArmor restricts user namespaces: allowing them for coopy's own programs only"
     as_root tee /etc/apparmor.d/coopy >/dev/null <<EOF
-# coopy: unprivileged user namespaces for coopy's own interpreter (a copy of python3
-# in coopy's virtual environment), not for the system's python.
+# coopy: unprivileged user namespaces for coopy's own programs only: its native front
+# end (which starts boxes from cached plans) and its interpreter (a copy of python3 in
+# coopy's virtual environment), not for the system's python.
 abi <abi/4.0>,
 include <tunables/global>
 
 profile coopy $VENV/bin/python3* flags=(unconfined) {
+  userns,
+  include if exists <local/coopy>
+}
+
+profile coopy-front-end $VENV/bin/coopy flags=(unconfined) {
   userns,
   include if exists <local/coopy>
 }
@@ -121,7 +127,7 @@ $RUN "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 BUILD=$(mktemp -d)
 trap 'rm -rf "$BUILD"' EXIT
 cp -R "$SRC/." "$BUILD/"
-rm -rf "$BUILD/build" "$BUILD"/coopy/libexec/coopy-*
+rm -rf "$BUILD/build" "$BUILD"/coopy/libexec/coopy "$BUILD"/coopy/libexec/coopy-*
 chmod -R a+rX "$BUILD"
 $RUN "$VENV/bin/python" -m pip install -q "$BUILD"
 $RUN ln -sf "$VENV/bin/coopy" "$BIN/coopy"

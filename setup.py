@@ -11,9 +11,10 @@ import subprocess
 
 from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
+from distutils.command.build_scripts import build_scripts  # setuptools provides it
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HELPERS = ["coopy-init"]
+HELPERS = ["coopy-init", "coopy"]
 
 
 class BuildWithNative(build_py):
@@ -42,9 +43,31 @@ class BuildWithNative(build_py):
             os.chmod(dst, 0o755)
 
 
+class NativeFrontEnd(build_scripts):
+    """Installs the native front end (native/coopy.c) as the `coopy` command.
+
+    distutils would read a script's first line as text to rewrite a shebang; a
+    compiled program has none, so it is copied as it is.
+    """
+
+    def run(self):
+        self.run_command("build_py")  # builds the helpers
+        os.makedirs(self.build_dir, exist_ok=True)
+        dst = os.path.join(self.build_dir, "coopy")
+        shutil.copy2(os.path.join(HERE, "coopy", "libexec", "coopy"), dst)
+        os.chmod(dst, 0o755)
+
+    def get_outputs(self):
+        return [os.path.join(self.build_dir, "coopy")]
+
+
 class NativeDistribution(Distribution):
     def has_ext_modules(self):
         return True  # the wheel carries compiled helpers: tag it for this platform
 
 
-setup(cmdclass={"build_py": BuildWithNative}, distclass=NativeDistribution)
+setup(
+    cmdclass={"build_py": BuildWithNative, "build_scripts": NativeFrontEnd},
+    distclass=NativeDistribution,
+    scripts=["native/coopy.c"],  # marks the wheel as having a script: see NativeFrontEnd
+)

@@ -250,7 +250,7 @@ def run(req: RunRequest) -> int:
     """``coopy run``: an ephemeral box, the command in the foreground, its status back."""
     from coopy.state import RunDir
 
-    return _with_box(req, RunDir.create, _run_box)
+    return _with_box(req, RunDir.create, lambda p: _run_box(p, replayable=True))
 
 
 def run_prepared(req: RunRequest, after: Callable[[Prepared, int], None]) -> int:
@@ -493,7 +493,12 @@ def _userns_remover(idmap: IdMap, facts: HostFacts) -> object:
     return remove
 
 
-def _run_box(p: Prepared) -> int:
+def _run_box(p: Prepared, replayable: bool = False) -> int:
+    """Start the prepared box, relay its terminal or pipes, return its status.
+
+    ``replayable``: a `coopy run` the native front end may start again from a plan
+    (coopy/plancache.py), not a build step.
+    """
     from coopy.spawn import start
     from coopy.term import Relay, get_winsize, raw_mode, set_winsize
 
@@ -511,6 +516,10 @@ def _run_box(p: Prepared) -> int:
         if os.isatty(0):
             box_stdio[0] = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     launch = build_launch(p, use_tty, (box_stdio[0], box_stdio[1], box_stdio[2]))
+    if replayable:
+        from coopy import plancache
+
+        plancache.save(p, launch)
     try:
         started = start(launch)
     finally:

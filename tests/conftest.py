@@ -96,6 +96,9 @@ class BoxUser:
             "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
             "LANG": "C.UTF-8",
             "TERM": "xterm",
+            # A run started from a plan that fails says so instead of quietly going
+            # through Python again: no test passes by that fallback (native/coopy.c).
+            "COOPY_PLAN_STRICT": "1",
         }
         env.update(extra or {})
         return env

@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         close = difflib.get_close_matches(verb, VERBS, n=1)
         hint = f"did you mean `coopy {close[0]}`?" if close else "see `coopy --help`"
         return _fail(f"unknown verb {verb!r}", hint)
+    if verb == "run" and "COOPY_PLAN_KEY" in os.environ:  # set by the native front end
+        from coopy import plancache
+
+        plancache.begin()
     import importlib
 
     module = importlib.import_module(VERBS[verb][0])

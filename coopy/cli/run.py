@@ -91,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
     command = command_of(args)
     request, config = build_request(args, command)
     if args.agent:
+        from coopy import plancache
         from coopy.agents import apply_agent
+
+        plancache.refuse("an agent preset")
 
         request = apply_agent(request, args.agent, command, config.sandbox.args)
     return run_box(request)
