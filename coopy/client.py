@@ -8,7 +8,7 @@ status.
 
 Lean on purpose: `coopy shell -c` pays for every import here (see coopy/boxfind.py), so
 the socket is `_socket`'s (the socket module imports enum and selectors), and the
-terminal code (coopy/term.py) is imported only when stdin is a terminal.
+terminal code (coopy/term.py, itself lean) is imported only when stdin is a terminal.
 """
 
 from __future__ import annotations
@@ -65,13 +65,11 @@ def attach(record: BoxRecord | Running, detach_key: int = DETACH_KEY, *,
         if not os.isatty(0):  # a pipe or a file: no raw mode, no window size
             sock.sendall(proto.hello(verb, rows=0, cols=0, **hello))
             return _loop(sock, -1, detach_key, record)
-        import signal
-
-        from coopy.term import raw_mode, signal_pipe
+        from coopy.term import raw_mode, winch_pipe
 
         rows, cols = _size()
         sock.sendall(proto.hello(verb, rows=rows, cols=cols, **hello))
-        with raw_mode(0), signal_pipe((signal.SIGWINCH,)) as sig_fd:
+        with raw_mode(0), winch_pipe() as sig_fd:
             return _loop(sock, sig_fd, detach_key, record)
     finally:
         sock.close()

@@ -47,9 +47,35 @@ def test_box_names_as_before(name: str) -> None:
 
 
 def test_the_client_path_imports_nothing_heavy() -> None:
-    code = ("import sys; import coopy.cli.shell, coopy.cli.exec, coopy.client, coopy.boxfind; "
+    code = ("import sys; import coopy.cli.shell, coopy.cli.exec, coopy.client, coopy.boxfind, "
+            "coopy.term; "
             "print(' '.join(sorted(sys.modules)))")
     loaded = set(subprocess.run([sys.executable, "-S", "-c", code], capture_output=True,
                                 text=True, check=True).stdout.split())
-    heavy = {"argparse", "json", "re", "enum", "typing", "socket", "pathlib", "signal"}
+    heavy = {"argparse", "json", "re", "enum", "typing", "socket", "pathlib", "signal",
+             "contextlib", "collections"}
     assert not loaded & heavy
+
+
+def test_raw_mode_and_the_winch_pipe_on_a_real_pty() -> None:
+    import os
+    import signal
+    import termios
+
+    from coopy.term import raw_mode, winch_pipe
+
+    master, slave = os.openpty()
+    try:
+        before = termios.tcgetattr(slave)
+        with raw_mode(slave):
+            assert not termios.tcgetattr(slave)[3] & termios.ECHO
+        assert termios.tcgetattr(slave) == before
+        with raw_mode(master + 1000):  # not a terminal (not even open): nothing to do
+            pass
+        with winch_pipe() as fd:
+            os.kill(os.getpid(), signal.SIGWINCH)
+            assert os.read(fd, 64) == bytes([signal.SIGWINCH])
+        assert signal.getsignal(signal.SIGWINCH) == signal.SIG_DFL
+    finally:
+        os.close(master)
+        os.close(slave)
