@@ -185,10 +185,10 @@ def _loop(sock: socket, sig_fd: int, detach_key: int, record: BoxRecord | Runnin
             if not data:
                 raise BoxStateError(f"box {name!r}: its keeper went away",
                                     hint="`coopy ls` shows what happened")
-            output = []  # the DATA of this read, written with one writev
-            for frame in decoder.feed(data):
-                if frame.type == T.DATA:
-                    output.append(frame.payload)
+            output: list[memoryview] = []  # the DATA of this read, written with one writev
+            for frame in decoder.stream(data):
+                if isinstance(frame, memoryview):
+                    output.append(frame)
                     continue
                 _write_all(1, *output)
                 output = []
@@ -201,7 +201,7 @@ def _loop(sock: socket, sig_fd: int, detach_key: int, record: BoxRecord | Runnin
             _write_all(1, *output)
 
 
-def _write_all(fd: int, *chunks: bytes) -> None:
+def _write_all(fd: int, *chunks: bytes | memoryview) -> None:
     """Write every chunk, in order, with as few writev(2) calls as the fd allows."""
     views = [memoryview(c) for c in chunks if c]
     while views:

@@ -175,6 +175,50 @@ class Decoder:
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._left = 0  # stream(): bytes of the current DATA payload still to come
+
+    def _check(self) -> tuple[int, int]:
+        kind, length = _HEADER.unpack_from(self._buf)
+        if length > MAX_PAYLOAD:
+            raise ProtocolError(f"frame of {length} bytes is too large")
+        if kind not in NAMES:
+            raise ProtocolError(f"unknown frame type {kind}")
+        return kind, length
+
+    def stream(self, data: bytes) -> list[Frame | memoryview]:
+        """Like :meth:`feed`, but DATA payloads come out as they arrive, as pieces of
+        ``data`` (no copy), not whole: a client writes output without first collecting
+        a frame of up to 256 KiB across several reads.  Other frames come out whole, in
+        order with the pieces.  Use one of feed or stream per decoder."""
+        out: list[Frame | memoryview] = []
+        view = memoryview(data)
+        buf = self._buf
+        while view:
+            if self._left:
+                n = min(self._left, len(view))
+                out.append(view[:n])
+                view = view[n:]
+                self._left -= n
+                continue
+            if len(buf) < _HEADER.size:
+                take = _HEADER.size - len(buf)
+                buf += view[:take]
+                view = view[take:]
+                if len(buf) < _HEADER.size:
+                    break
+            kind, length = self._check()
+            if kind == T.DATA:
+                self._left = length
+                del buf[:]
+                continue
+            take = _HEADER.size + length - len(buf)
+            buf += view[:take]
+            view = view[take:]
+            if len(buf) < _HEADER.size + length:
+                break
+            out.append(Frame(kind, bytes(buf[_HEADER.size:])))
+            del buf[:]
+        return out
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add received bytes; return the frames they complete."""
