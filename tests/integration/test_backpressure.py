@@ -137,3 +137,21 @@ def test_slow_client_slows_the_box_and_is_never_dropped(box_user: BoxUser, name:
     assert float(str(got["seconds"])) > stall
     assert "took nothing" not in (box_dir / "keeper.log").read_text()
     assert numbers_in((box_dir / "log").read_bytes()) == list(range(1, LINES + 1))
+
+
+def test_a_frozen_terminal_is_detached_and_told(box_user: BoxUser, name: str) -> None:
+    box_dir, _ = start_box(box_user, name, 2.0)
+    argv = box_user.argv(["attach", name])
+    # pexpect reads the terminal only inside expect(): until then coopy attach blocks
+    # writing to it, as it would on a frozen terminal, and stops reading the keeper.
+    term = pexpect.spawn(argv[0], argv[1:], env=box_user.env(), timeout=TIMEOUT)
+    try:
+        term.sendline("go")
+        wait_for(box_dir / "keeper.log", b"took nothing for 2 s")
+        term.expect("its keeper detached this client")
+        term.expect(f"coopy attach {name}")
+        term.expect(pexpect.EOF)
+    finally:
+        term.close(force=True)
+    assert term.exitstatus == 125
+    wait_for(box_dir / "log", b"seq-42")  # the box went on without it
