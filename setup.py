@@ -2,6 +2,7 @@
 
 The helpers (native/*.c) are compiled by the Makefile's `native` target into
 coopy/libexec/, then copied into the wheel; the wheel is marked platform-specific.
+coop.toml.example and the recipes of rootfs/ are copied in too (coopy/recipes/).
 Nothing is looked up in the source tree at run time.
 """
 
@@ -35,6 +36,12 @@ class BuildWithNative(build_py):
         # `coopy init` writes the commented example; it ships inside the package.
         shutil.copy2(os.path.join(HERE, "coop.toml.example"),
                      os.path.join(self.build_lib, "coopy", "coop.toml.example"))
+        # coopy's own rootfs recipes (recipe:NAME): rootfs/*.toml → coopy/recipes/.
+        recipes = os.path.join(self.build_lib, "coopy", "recipes")
+        os.makedirs(recipes, exist_ok=True)
+        for name in sorted(os.listdir(os.path.join(HERE, "rootfs"))):
+            if name.endswith(".toml"):
+                shutil.copy2(os.path.join(HERE, "rootfs", name), os.path.join(recipes, name))
         out = os.path.join(self.build_lib, "coopy", "libexec")
         os.makedirs(out, exist_ok=True)
         for name in HELPERS:

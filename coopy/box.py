@@ -208,14 +208,14 @@ def init_path() -> str:
 
 def _resolve_mounts(
     req: RunRequest, volumes_dir: Path
-) -> tuple[list[tuple[str, str, bool, bool]], list[Path]]:
-    """(source, target, readonly, is_dir) per mount; named volumes to create."""
+) -> tuple[list[tuple[str, str, bool, bool]], list[tuple[Path, str]]]:
+    """(source, target, readonly, is_dir) per mount; named volumes (and targets) to create."""
     out: list[tuple[str, str, bool, bool]] = []
-    create: list[Path] = []
+    create: list[tuple[Path, str]] = []
     for m in req.mounts:
         if m.volume is not None:
             path = volumes_dir / m.volume
-            create.append(path)
+            create.append((path, m.target))
             out.append((str(path), m.target, m.readonly, True))
             continue
         assert m.source is not None
@@ -294,7 +294,8 @@ def _with_box(
         raise HostError(f"user {user.name} (uid {user.uid}) does not exist in this box's id map")
     image_layers: tuple[str, ...] = ()
     if req.image != "host":
-        from coopy.image.boxroot import check_layer_count, ensure_image, image_env, layer_paths
+        from coopy.image.boxroot import ensure_image, image_env, layer_paths
+        from coopy.image.flatten import fit_layers
 
         record = ensure_image(req.image, facts=facts, idmap=idmap, platform=req.platform,
                               insecure=req.insecure, workspace=req.workspace)
@@ -303,7 +304,7 @@ def _with_box(
             from coopy.image.build import ensure_built
 
             image_layers = ensure_built(req, record, idmap, facts, quiet=True) + image_layers
-        check_layer_count(image_layers)
+        image_layers = fit_layers(record, image_layers, idmap, facts)  # overlay's limit
         req = req._replace(env={**image_env(record), **req.env})
 
     workspace = req.workspace.resolve()
@@ -355,13 +356,11 @@ def _with_box(
             print(describe(op))
         return 0
 
-    from coopy.paths import ensure_private_dir
+    if not all(path.is_dir() for path, _ in create_vols):  # seeded from the image
+        from coopy.image.volume import create_volumes
 
-    for vol in create_vols:
-        ensure_private_dir(vol.parent)
-        # Root's on disk, also for boxes of root: their binds are id-mapped (on-disk root
-        # is box root), so a chown to box root's host id would make it nobody's inside.
-        vol.mkdir(mode=0o755, exist_ok=True)
+        create_volumes(create_vols, image_layers, facts=facts, idmap=idmap,
+                       box_ids=(user.uid, user.gid))
     warning = single_id_warning(facts, idmap) if idmap is not None else None
     if warning:
         warn_once("single-id", warning)

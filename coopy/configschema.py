@@ -204,6 +204,15 @@ def _string(value: Any, ctx: Ctx) -> str:
     raise _expected("a string", value)
 
 
+def _image(value: Any, ctx: Ctx) -> str:
+    """An image reference; the path of ``oci:PATH`` or ``dir:PATH`` made absolute."""
+    text = _string(value, ctx)
+    kind, sep, rest = text.partition(":")
+    if sep and kind in ("oci", "dir") and rest:
+        return f"{kind}:{_host_path(rest, ctx)}"
+    return text
+
+
 def _bool(value: Any, ctx: Ctx) -> bool:
     if isinstance(value, bool):
         return value
@@ -353,7 +362,7 @@ _strings = _list(_string, "strings")
 
 SCHEMA: Final[Mapping[str, Mapping[str, Convert]]] = {
     "sandbox": {
-        "image": _string,  # "host", an image reference, a directory or a tarball
+        "image": _image,  # "host", an image reference, oci:PATH, dir:PATH, recipe:NAME
         "agent": _string,  # a preset name or a command line; unset: a login shell
         "command": _string,  # coop's older name for agent
         "args": _strings,

@@ -16,6 +16,7 @@ approved the file's exact content with ``coopy trust``, recorded by hash as dire
 | ``[conda] root``, ``[storage] root``, ``[conda] env`` | host directories |
 | ``[sandbox] agent`` naming a preset | the user's login for that agent |
 | ``[workspace] worktree_dir`` outside the workspace | a host directory, read-write |
+| ``[sandbox] image`` ``oci:``/``dir:PATH``, a recipe of the project | host files; mmdebstrap |
 
 A changed file needs approval again.  A file owned by neither the user nor root is not
 read at all.
@@ -85,10 +86,31 @@ def project_grants(config: Config, project: Path, workspace: Path) -> list[Grant
         elif key == "conda.env" and config.conda.env:
             grants.append(Grant(key, line, f"conda env {config.conda.env} (your conda "
                                 "installation, read-only)"))
+        elif key == "sandbox.image" and (why := _local_image(config.sandbox.image, workspace)):
+            grants.append(Grant(key, line, f"image {config.sandbox.image} ({why})"))
         elif key in ("conda.root", "storage.root"):
             root = getattr(config, key.split(".")[0]).root
             grants.append(Grant(key, line, f"{key.replace('.', ' ')} {root}"))
     return grants
+
+
+def _local_image(image: str, workspace: Path) -> str | None:
+    """Why an image reference reaches beyond the workspace, or None.
+
+    ``oci:``/``dir:`` name files of this machine (``dir:/home/you`` would copy your home
+    into the box); a recipe of the project's own runs mmdebstrap with the packages and
+    mirror it names (as root: their maintainer scripts as root).  coopy's own recipes
+    and registry references need nothing.
+    """
+    kind, _, rest = image.partition(":")
+    if kind in ("oci", "dir"):
+        return "files of this machine, copied into the box's image"
+    if kind == "recipe":
+        from coopy.image.recipe import builtin_recipe
+
+        if builtin_recipe(rest) is None or (workspace / "rootfs" / f"{rest}.toml").exists():
+            return "a root filesystem built by mmdebstrap from the project's recipe"
+    return None
 
 
 def _public_ports(specs: tuple[str, ...]) -> list[str]:
@@ -120,6 +142,10 @@ def without_grants(config: Config, grants: list[Grant]) -> Config:
     if keys & {"security.seccomp", "security.nested_userns"}:
         security = SecurityConfig()
     sandbox = config.sandbox._replace(mounts=mounts)
+    if "sandbox.image" in keys:  # the image your own config.toml names, else host
+        from coopy.config import load_config
+
+        sandbox = sandbox._replace(image=load_config(config.workspace.root, None).sandbox.image)
     if "sandbox.agent" in keys:
         sandbox = sandbox._replace(agent=None)
     workspace = config.workspace

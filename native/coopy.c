@@ -93,6 +93,7 @@
 #define MAX_PLAN (16 << 20)
 #define MAX_ITEMS 4096
 #define MAX_FDS 200
+#define MAX_MSG 65536 /* as coopy/spawn.py: the paths of up to MAX_FDS cloned trees */
 
 /* The new mount API, spelled out: not every libc declares it (glibc 2.36 does). */
 #ifndef OPEN_TREE_CLONE
@@ -1575,7 +1576,7 @@ static void child_a(const struct plan *pl, int sock, int init_fd, int tty, const
 	pid_t parent = getppid();
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
 		_exit(125);
-	char msg[PATH_MAX * 4];
+	static char msg[MAX_MSG];
 	int fds[MAX_FDS], nfds = 0;
 	if (unshare(CLONE_NEWUSER) < 0)
 		fail("unshare", "user namespace");
@@ -2005,7 +2006,7 @@ static int run_box(struct plan *pl)
 			close(stdio[fd]);
 	if (a < 0)
 		goto fail;
-	char msg[PATH_MAX * 4 + 2];
+	static char msg[MAX_MSG];
 	int fds[MAX_FDS], nfds;
 	if (recv_msg(sv[0], msg, sizeof msg, fds, &nfds) != 1 || msg[0] != 'U'
 	    || write_maps(pl, a) < 0)

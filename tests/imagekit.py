@@ -152,12 +152,17 @@ class OciLayout:
         return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
 
     def image(self, layers: Sequence[tuple[bytes, str | None]], *, arch: str = "amd64",
-              env: Sequence[str] = ("PATH=/bin:/usr/bin",)) -> dict[str, Any]:
-        """An image of ``layers`` (uncompressed tar, compression); its manifest descriptor."""
+              env: Sequence[str] = ("PATH=/bin:/usr/bin",),
+              lie: int | None = None) -> dict[str, Any]:
+        """An image of ``layers`` (uncompressed tar, compression); its manifest descriptor.
+
+        ``lie``: the config's diff_id of that layer is wrong (a config that does not
+        describe its layers, as an altered image's would).
+        """
         descs, diff_ids = [], []
-        for tar, how in layers:
+        for i, (tar, how) in enumerate(layers):
             descs.append(self.blob(compress(tar, how), LAYER_TYPES[how]))
-            diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
+            diff_ids.append("sha256:" + hashlib.sha256(tar + b"x" * (i == lie)).hexdigest())
         config = {"architecture": arch, "os": "linux",
                   "config": {"Env": list(env), "Cmd": ["/bin/imgprobe", "id"]},
                   "rootfs": {"type": "layers", "diff_ids": diff_ids}}

@@ -27,6 +27,7 @@ def parser() -> Parser:
 def run(args: argparse.Namespace) -> int:
     """List (or forget) images."""
     import json
+    from pathlib import Path
 
     from coopy.errors import ImageError
     from coopy.image.ref import parse_reference
@@ -35,7 +36,11 @@ def run(args: argparse.Namespace) -> int:
     store = Store()
     if args.action == "rm":
         for name in args.names:
-            full = str(parse_reference(name))
+            full = name  # as listed: local sources (oci:, dir:, recipe:), built chains
+            if name.startswith("dir:"):
+                full = f"dir:{Path(name[4:]).expanduser().resolve()}"
+            elif store.get(name) is None and not name.startswith(("oci:", "recipe:")):
+                full = str(parse_reference(name))
             if not store.remove(full):
                 raise ImageError(f"no image {full} in the store", hint="see `coopy images`")
             print(f"removed {full}")

@@ -14,7 +14,6 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from coopy.errors import ImageError
 from coopy.facts import HostFacts
 from coopy.idmap import IdMap
 from coopy.image.store import ImageRecord, Store, install_layers, pull, say
@@ -29,8 +28,8 @@ def ensure_image(name: str, *, facts: HostFacts, idmap: IdMap | None,
                  workspace: Path | None = None) -> ImageRecord:
     """The store's record of ``name``, pulled (or unpacked for this map) when missing.
 
-    ``oci:PATH[:TAG]`` and ``recipe:NAME`` (looked up in ``workspace``/rootfs first) are
-    local sources.
+    ``oci:PATH[:TAG]``, ``dir:PATH`` and ``recipe:NAME`` (looked up in
+    ``workspace``/rootfs first) are local sources.
     """
     from coopy.image.ref import parse_reference
 
@@ -43,6 +42,10 @@ def ensure_image(name: str, *, facts: HostFacts, idmap: IdMap | None,
         from coopy.image.local import import_oci
 
         return import_oci(name, facts=facts, idmap=idmap, platform=platform)
+    if name.startswith("dir:"):
+        from coopy.image.local import import_dir
+
+        return import_dir(name, facts=facts, idmap=idmap)
     store = Store()
     full = str(parse_reference(name))
     record = store.get(full)
@@ -177,10 +180,3 @@ def image_env(record: ImageRecord) -> dict[str, str]:
             env[key] = value
     return env
 
-
-def check_layer_count(layers: Sequence[str]) -> None:
-    """Refuse images past overlayfs' limit of 500 lower layers, saying so."""
-    if len(layers) + 1 > 500:
-        raise ImageError(f"the image has {len(layers)} layers; overlayfs stacks at most 499 "
-                         "plus the box's own",
-                         hint="squash the image (e.g. `docker build --squash`)")

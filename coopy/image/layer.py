@@ -31,6 +31,7 @@ same name in this layer wins, in either order.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -378,17 +379,51 @@ def sniff_compression(head: bytes) -> str | None:
     return None
 
 
+class _Hashing:
+    """A read-only stream that hashes what is read through it (the tar's diff_id)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha.update(data)
+        return data
+
+    def drain(self) -> str:
+        """Read to the end (tar's end padding); the digest of everything."""
+        while self.read(1 << 20):
+            pass
+        return "sha256:" + self.sha.hexdigest()
+
+
+def _check_diff_id(got: str, diff_id: str | None) -> None:
+    if diff_id is not None and got != diff_id:
+        raise LayerError(f"the uncompressed layer's sha256 is {got[:19]}…, but the image "
+                         f"config's rootfs.diff_ids says {diff_id[:19]}…: the image is "
+                         "damaged or was altered, so the layer is refused",
+                         hint="pull it again from a source you trust; if it fails again, "
+                         "the image itself is broken")
+
+
 def extract_blob(blob_fd: int, compression: str | None, root_fd: int, *,
-                 xattr_prefix: str = "user.overlay.") -> Stats:
+                 xattr_prefix: str = "user.overlay.", diff_id: str | None = None) -> Stats:
     """Extract a layer blob (the open file ``blob_fd``) into ``root_fd``.
 
     Compressed layers are piped through ``pigz``/``gzip -dc`` or ``zstd -dc``: the
     decompressor then runs on another core while Python unpacks (docs/design.md, "Images").
+    The uncompressed tar is hashed on the way: when ``diff_id`` is given (the image
+    config's ``rootfs.diff_ids`` entry) and differs, LayerError; the caller then drops
+    the half-written directory.
     """
     os.lseek(blob_fd, 0, os.SEEK_SET)
     if compression is None:
         with os.fdopen(os.dup(blob_fd), "rb") as f:
-            return extract_tar(f, root_fd, xattr_prefix=xattr_prefix)
+            stream = _Hashing(f)
+            stats = extract_tar(stream, root_fd, xattr_prefix=xattr_prefix)  # type: ignore[arg-type]
+            _check_diff_id(stream.drain(), diff_id)
+            return stats
     program = next((p for p in DECOMPRESSORS[compression] if shutil.which(p)), None)
     if program is None:
         raise ImageError(f"a {compression} layer needs the {DECOMPRESSORS[compression][-1]} "
@@ -397,9 +432,10 @@ def extract_blob(blob_fd: int, compression: str | None, root_fd: int, *,
     proc = subprocess.Popen([program, "-dc"], stdin=blob_fd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
+    stream = _Hashing(proc.stdout)
     try:
-        stats = extract_tar(proc.stdout, root_fd, xattr_prefix=xattr_prefix)
-        proc.stdout.read()  # tar's end padding
+        stats = extract_tar(stream, root_fd, xattr_prefix=xattr_prefix)  # type: ignore[arg-type]
+        got = stream.drain()
     finally:
         proc.stdout.close()
         err = proc.stderr.read().decode(errors="replace").strip()
@@ -407,4 +443,5 @@ def extract_blob(blob_fd: int, compression: str | None, root_fd: int, *,
         status = proc.wait()
     if status != 0:
         raise LayerError(f"{program} failed ({status}): {err}")
+    _check_diff_id(got, diff_id)
     return stats

@@ -1,6 +1,7 @@
 """Images from local files: ``oci:PATH[:TAG]``, an OCI image layout directory, or a tarball
 of one (``skopeo copy … oci-archive:``, ``docker save`` of Docker 25+), or a ``docker save``
-tarball of the older form (``manifest.json`` naming ``<id>/layer.tar`` files).
+tarball of the older form (``manifest.json`` naming ``<id>/layer.tar`` files); and
+``dir:PATH``, a directory holding a root filesystem.
 
 The layout is read as the registry's answers are: index → (platform) → manifest →
 config and layers, every blob's sha256 checked against its descriptor.  Layers are
@@ -29,6 +30,7 @@ from coopy.image.store import (
     Store,
     UnpackJob,
     choose_manifest,
+    config_diff_ids,
     unpack_layers,
 )
 
@@ -154,8 +156,10 @@ def _from_layout(name: str, layout: Path, tag: str | None, facts: HostFacts,
             _unpacked(Store(), known, idmap):
         return known  # the same manifest, already unpacked: its layers were verified then
     config = _read_json(_blob(layout, doc.get("config")), f"{name}: config")
-    layers = [(_blob(layout, d), str(d.get("mediaType", "")), str(d["digest"]))
-              for d in doc.get("layers", [])]
+    descs = doc.get("layers", [])
+    diff_ids = config_diff_ids(config, len(descs), name)
+    layers = [(_blob(layout, d), str(d.get("mediaType", "")), str(d["digest"]), diff_id)
+              for d, diff_id in zip(descs, diff_ids, strict=True)]
     return _install(name, str(desc["digest"]), str(doc["config"]["digest"]), config,
                     layers, facts, idmap)
 
@@ -174,16 +178,17 @@ def _from_docker_save(name: str, root: Path, tag: str | None, facts: HostFacts,
     config_path = root.joinpath(*normalize(str(entry["Config"])))
     config = _read_json(config_path, f"{name}: config")
     layers = []
-    for rel in entry.get("Layers", []):
+    rels = entry.get("Layers", [])
+    for rel, diff_id in zip(rels, config_diff_ids(config, len(rels), name), strict=True):
         blob = root.joinpath(*normalize(str(rel)))
         digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
-        layers.append((blob, "", digest))
+        layers.append((blob, "", digest, diff_id))
     config_digest = "sha256:" + hashlib.sha256(config_path.read_bytes()).hexdigest()
     return _install(name, config_digest, config_digest, config, layers, facts, idmap)
 
 
 def _install(name: str, digest: str, config_digest: str, config: Any,
-             layers: list[tuple[Path, str, str]], facts: HostFacts,
+             layers: list[tuple[Path, str, str, str]], facts: HostFacts,
              idmap: IdMap | None) -> ImageRecord:
     from coopy.image.layer import compression_of
 
@@ -192,14 +197,14 @@ def _install(name: str, digest: str, config_digest: str, config: Any,
     store.layers_dir(idmap)
     refs: list[LayerRef] = []
     jobs: list[UnpackJob] = []
-    for blob, media, layer_digest in layers:
+    for blob, media, layer_digest, diff_id in layers:
         with open(blob, "rb") as f:
             sniffed = sniff_compression(f.read(4))
         compression = compression_of(media) if media else sniffed
-        refs.append(LayerRef(layer_digest, media or OCI_LAYER, blob.stat().st_size))
+        refs.append(LayerRef(layer_digest, media or OCI_LAYER, blob.stat().st_size, diff_id))
         dest = store.layer_path(layer_digest, idmap)
         if not dest.is_dir() and dest not in [j.dest for j in jobs]:
-            jobs.append(UnpackJob(blob, compression, dest))
+            jobs.append(UnpackJob(blob, compression, dest, diff_id or None))
     unpack_layers(jobs, idmap, facts)
     conf = config.get("config") if isinstance(config, dict) else None
     env = (conf or {}).get("Env") or () if isinstance(conf, dict) else ()
@@ -222,7 +227,85 @@ def install_tar_layer(name: str, tar: Path, *, facts: HostFacts, idmap: IdMap | 
 
     arch = host_platform().architecture
     record = _install(name, digest, digest, {"os": "linux", "architecture": arch},
-                      [(tar, OCI_LAYER, digest)], facts, idmap)
+                      [(tar, OCI_LAYER, digest, digest)], facts, idmap)
     record = record._replace(source=source)
     Store().save(record)
     return record
+
+
+def import_dir(name: str, *, facts: HostFacts, idmap: IdMap | None) -> ImageRecord:
+    """The image of ``dir:PATH``: the directory's tree as one layer, made again when
+    any entry's type, mode, owner, size or time changed.
+
+    The tree is written as a tar and unpacked like any layer (the same hardened
+    extractor, in the box's user namespace), so the box never sees the directory itself
+    and a change to it after the import does not reach running boxes.  Owners: as
+    root, the files' ids are the box's (a root filesystem made by root); rootless, the
+    tar is written as root of a user namespace with the box's map, so your files are
+    box root's and files of your subordinate ids the box ids they map to.
+    """
+    path = Path(name[len("dir:"):]).expanduser().resolve()
+    if not path.is_dir():
+        raise ImageError(f"{name}: {path} is not a directory",
+                         hint="dir:PATH names a directory holding a root filesystem")
+    full = f"dir:{path}"
+    stamp = "dir:" + _tree_stamp(path)
+    store = Store()
+    known = store.get(full)
+    if known is not None and known.source == stamp and _unpacked(store, known, idmap):
+        return known
+    store.ensure()
+    in_userns = idmap is not None and facts.uid != 0 and idmap.subordinate
+    own = None if facts.uid == 0 or in_userns else (facts.uid, facts.gid)
+    with tempfile.TemporaryDirectory(prefix="coopy-dir-", dir=store.root) as tmp:
+        tar = Path(tmp) / "rootfs.tar"
+        fd = os.open(tar, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            from coopy.image.store import _in_userns
+
+            errors = _in_userns(idmap if in_userns else None, facts,
+                                lambda: _write_tree_tar(path, fd, own))
+        finally:
+            os.close(fd)
+        if errors:
+            raise ImageError(f"{name}: reading the directory: {errors[0][1]}",
+                             hint="every file of the tree must be readable by you (or, "
+                             "rootless, by your subordinate ids)")
+        return install_tar_layer(full, tar, facts=facts, idmap=idmap, source=stamp)
+
+
+def _tree_stamp(root: Path) -> str:
+    """A hash of every entry's (path, type and mode, owner, size, mtime) under ``root``."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for n in [".", *sorted(filenames), *dirnames]:
+            try:
+                st = os.lstat(os.path.join(dirpath, n))
+            except OSError:
+                continue
+            h.update(f"{os.path.relpath(dirpath, root)}/{n}\0{st.st_mode}:{st.st_uid}:"
+                     f"{st.st_gid}:{st.st_size}:{st.st_mtime_ns}\n".encode(errors="replace"))
+    return h.hexdigest()
+
+
+def _write_tree_tar(root: Path, fd: int, own: tuple[int, int] | None) -> list[tuple[int, str]]:
+    """Write ``root``'s tree as a tar to ``fd`` ([] or [(0, why)], as the unpack workers).
+
+    ``own``: the caller's ids, which become box root's (rootless without a namespace).
+    """
+
+    def entry(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uname = info.gname = ""  # numeric ids only: the box's, not this host's names
+        if own is not None:
+            info.uid = 0 if info.uid == own[0] else info.uid
+            info.gid = 0 if info.gid == own[1] else info.gid
+        return info
+
+    try:
+        with os.fdopen(os.dup(fd), "wb") as out, \
+                tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(str(root), arcname=".", recursive=True, filter=entry)
+    except OSError as exc:
+        return [(0, f"{exc.filename or root}: {exc.strerror or exc}")]
+    return []

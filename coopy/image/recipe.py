@@ -8,8 +8,9 @@ A recipe names a Debian (or Ubuntu) suite, a variant and packages::
     mirror = "http://deb.debian.org/debian"      # optional
 
 ``NAME`` is looked up as ``<workspace>/rootfs/NAME.toml``, then among coopy's own
-(``coopy/recipes/``).  mmdebstrap writes one tarball (``--mode=root`` as root,
-``--mode=unshare`` otherwise, which needs subordinate ids), which becomes the image's
+(``rootfs/`` of coopy's source, installed as ``coopy/recipes/`` by setup.py).
+mmdebstrap writes one tarball (``--mode=root`` as root, ``--mode=unshare`` otherwise,
+which needs subordinate ids), which becomes the image's
 one layer through the same hardened extractor as any pulled layer.  The image is made
 again only when the recipe's text changes.
 """
@@ -29,6 +30,8 @@ from coopy.facts import HostFacts
 from coopy.idmap import IdMap
 from coopy.image.store import ImageRecord, Store
 
+BUILTIN = Path(__file__).parents[1] / "recipes"  # the installed copy of rootfs/*.toml
+
 
 class Recipe(NamedTuple):
     """A parsed recipe."""
@@ -44,12 +47,17 @@ def find_recipe(name: str, workspace: Path) -> Path:
     if "/" in name or not name:
         raise ConfigError(f"recipe name {name!r} is not a plain name",
                           hint="recipe:NAME reads rootfs/NAME.toml")
-    places = [workspace / "rootfs" / f"{name}.toml",
-              Path(__file__).parents[1] / "recipes" / f"{name}.toml"]
+    places = [workspace / "rootfs" / f"{name}.toml", BUILTIN / f"{name}.toml"]
     for place in places:
         if place.is_file():
             return place
     raise ConfigError(f"no recipe {name!r}", hint="looked in " + ", ".join(map(str, places)))
+
+
+def builtin_recipe(name: str) -> Path | None:
+    """coopy's own recipe ``name``, or None."""
+    path = BUILTIN / f"{name}.toml"
+    return path if "/" not in name and name and path.is_file() else None
 
 
 def parse_recipe(text: str, where: str) -> Recipe:

@@ -39,6 +39,7 @@ class LayerRef(NamedTuple):
     digest: str
     media_type: str
     size: int
+    diff_id: str = ""  # sha256 of the uncompressed tar (the config's rootfs.diff_ids)
 
 
 class ImageRecord(NamedTuple):
@@ -218,6 +219,7 @@ class UnpackJob(NamedTuple):
     blob: Path
     compression: str | None
     dest: Path  # the final directory (the job writes a temporary one beside it)
+    diff_id: str | None = None  # checked while unpacking, when known
 
 
 def unpack_layers(jobs: Sequence[UnpackJob], idmap: IdMap | None, facts: HostFacts) -> None:
@@ -230,6 +232,7 @@ def unpack_layers(jobs: Sequence[UnpackJob], idmap: IdMap | None, facts: HostFac
     """
     if not jobs:
         return
+    _fds_for(2 * len(jobs))
     owner = _box_root_ids(idmap, facts)
     prefix = "trusted.overlay." if idmap is None else "user.overlay."
     tmps: list[Path] = []
@@ -248,9 +251,8 @@ def unpack_layers(jobs: Sequence[UnpackJob], idmap: IdMap | None, facts: HostFac
             # caller's home to reach them by path.
             blob_fds.append(os.open(job.blob, os.O_RDONLY | os.O_CLOEXEC))
             dir_fds.append(os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-        compressions = [job.compression for job in jobs]
-        errors = _in_userns(idmap, facts, lambda: _unpack_all(compressions, blob_fds,
-                                                                  dir_fds, prefix))
+        how = [(job.compression, job.diff_id) for job in jobs]
+        errors = _in_userns(idmap, facts, lambda: _unpack_all(how, blob_fds, dir_fds, prefix))
         if errors:
             raise ImageError(f"unpacking layer {jobs[errors[0][0]].dest.name[:12]}: "
                              f"{errors[0][1]}")
@@ -269,6 +271,18 @@ def unpack_layers(jobs: Sequence[UnpackJob], idmap: IdMap | None, facts: HostFac
                 remove_owned_tree(tmp, idmap, facts)
 
 
+def _fds_for(count: int) -> None:
+    """Raise the soft RLIMIT_NOFILE (up to the hard one) so ``count`` more fds fit: an
+    image of hundreds of layers holds two per layer while they unpack."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = count + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (
+            want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+
+
 def _box_root_ids(idmap: IdMap | None, facts: HostFacts) -> tuple[int, int] | None:
     """The host ids of box root when they are not the caller's (boxes of root)."""
     if idmap is None or facts.uid != 0:
@@ -277,8 +291,8 @@ def _box_root_ids(idmap: IdMap | None, facts: HostFacts) -> tuple[int, int] | No
     return (uid, gid) if uid is not None and gid is not None else None
 
 
-def _unpack_all(compressions: list[str | None], blob_fds: list[int], dir_fds: list[int],
-                prefix: str) -> list[tuple[int, str]]:
+def _unpack_all(how: list[tuple[str | None, str | None]], blob_fds: list[int],
+                dir_fds: list[int], prefix: str) -> list[tuple[int, str]]:
     """In the namespace: one forked worker per layer, at most one per CPU at a time."""
     from coopy.image.layer import extract_blob
 
@@ -293,7 +307,7 @@ def _unpack_all(compressions: list[str | None], blob_fds: list[int], dir_fds: li
         if status != 0 and index >= 0 and not any(i == index for i, _ in failed):
             failed.append((index, f"worker exited with status {status}"))
 
-    for index, compression in enumerate(compressions):
+    for index, (compression, diff_id) in enumerate(how):
         while len(running) >= limit:
             reap_one()
         pid = os.fork()
@@ -302,7 +316,7 @@ def _unpack_all(compressions: list[str | None], blob_fds: list[int], dir_fds: li
             try:
                 os.close(rd)
                 extract_blob(blob_fds[index], compression, dir_fds[index],
-                             xattr_prefix=prefix)
+                             xattr_prefix=prefix, diff_id=diff_id)
                 code = 0
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
                 msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
@@ -481,8 +495,10 @@ def pull(name: str, *, facts: HostFacts, idmap: IdMap | None, platform: str | No
     if not config_path.exists():
         client.blob(config_digest, config_path, config_desc.get("size"))
     config = load_json(config_path.read_bytes(), f"{ref}'s config")
+    diff_ids = config_diff_ids(config, len(doc["layers"]), str(ref))
     layers = tuple(LayerRef(_descriptor_digest(d), str(d.get("mediaType", "")),
-                            int(d.get("size", 0))) for d in doc["layers"])
+                            int(d.get("size", 0)), diff_id)
+                   for d, diff_id in zip(doc["layers"], diff_ids, strict=True))
     for layer in layers:
         compression_of(layer.media_type)  # refuse unknown types before downloading
     missing = [layer for layer in layers
@@ -512,7 +528,8 @@ def install_layers(store: Store, layers: Iterable[LayerRef], idmap: IdMap | None
         return
     store.layers_dir(idmap)
     jobs = [UnpackJob(store.blob_path(layer.digest), compression_of(layer.media_type),
-                      store.layer_path(layer.digest, idmap)) for layer in todo]
+                      store.layer_path(layer.digest, idmap), layer.diff_id or None)
+            for layer in todo]
     try:
         unpack_layers(jobs, idmap, facts)
     except ImageError:
@@ -546,6 +563,25 @@ def fetch_blobs(client: Any, store: Store, layers: Sequence[LayerRef], *,
     with ThreadPoolExecutor(max_workers=4) as pool:
         for future in [pool.submit(one, layer) for layer in layers]:
             future.result()
+
+
+def config_diff_ids(config: Any, count: int, name: str) -> list[str]:
+    """The config's ``rootfs.diff_ids`` (one per layer; '' each when it has none)."""
+    from coopy.image.ref import check_digest
+
+    rootfs = config.get("rootfs") if isinstance(config, dict) else None
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if ids is None:
+        return [""] * count  # an old or minimal config: the blob digests still hold
+    if not isinstance(ids, list) or len(ids) != count or \
+            not all(isinstance(i, str) for i in ids):
+        raise ImageError(f"{name}: the config lists {len(ids) if isinstance(ids, list) else 0} "
+                         f"rootfs.diff_ids for {count} layers",
+                         hint="the image is malformed; rebuild or re-push it")
+    try:
+        return [check_digest(i) for i in ids]
+    except ImageError as exc:
+        raise ImageError(f"{name}: rootfs.diff_ids: {exc.message}") from None
 
 
 def _descriptor_digest(desc: Any) -> str:

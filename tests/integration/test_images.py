@@ -74,7 +74,9 @@ def images() -> Iterator[Images]:
         hostile = layout.image([(bottom, "gzip"), (tar_bytes([Entry("../../evil", data="x")]),
                                                    "gzip")])
         layout.tag(hostile, "hostile")
-        for tag in ("img", "plain", "multi", "hostile"):
+        # a config that lies about the top layer's diff_id (blob digests all correct)
+        layout.tag(layout.image([(bottom, "gzip"), (top, None)], lie=1), "liar")
+        for tag in ("img", "plain", "multi", "hostile", "liar"):
             push(base / "oci", tag, f"{registry.host}/test/{tag}:v1")
         info = {"bottom_gz": hashlib.sha256(_gz_of(layout, img, 0)).hexdigest(),
                 "img": img}
@@ -247,6 +249,21 @@ def test_hostile_layer_is_refused_and_leaves_nothing(box_user: BoxUser, images: 
     assert not (WORK_BASE / "evil").exists()
 
 
+def test_layer_not_matching_its_diff_id_is_refused(box_user: BoxUser, images: Images,
+                                                   home: dict[str, str]) -> None:
+    res = box_user.coopy("pull", images.ref("test/liar:v1"), env=home)
+    assert res.returncode == 125, res.stderr
+    assert "rootfs.diff_ids says sha256:" in res.stderr and "refused" in res.stderr
+    data = Path(home["COOPY_HOME"]) / "data"
+    (mapdir,) = list((data / "layers").iterdir())
+    # no layer, no half-unpacked directory, no layer blob (fetched again next time),
+    # no image record
+    assert [p.name for p in mapdir.iterdir()] == ["map.json"]
+    blobs = [p.stat().st_size for p in (data / "blobs" / "sha256").iterdir()]
+    assert len(blobs) == 2 and max(blobs) < 4096  # the manifest and the config only
+    assert box_user.coopy("images", "--json", env=home).stdout.strip() == "[]"
+
+
 def test_interrupted_download_resumes(box_user: BoxUser, images: Images,
                                       home: dict[str, str]) -> None:
     blobs = Path(home["COOPY_HOME"]) / "data" / "blobs" / "sha256"
@@ -364,6 +381,35 @@ def test_named_volume_ls_rm(box_user: BoxUser, images: Images, home: dict[str, s
     assert res.returncode == 125 and "no volume named 'cache'" in res.stderr
 
 
+def test_named_volume_is_seeded_from_the_image_once(box_user: BoxUser, images: Images,
+                                                     home: dict[str, str]) -> None:
+    ref, ws = images.ref("test/img:v1"), box_user.workspace()
+
+    def probe(*args: str, vols: tuple[str, ...] = ("srv:/srv", "old:/var/lib/old")) -> str:
+        res = box_user.coopy("run", "--image", ref, *[x for v in vols for x in ("-v", v)],
+                             "--", "/bin/imgprobe", *args, cwd=ws, env=home)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    assert sorted(probe("ls", "/srv").split()) == ["owned", "suid"]  # "gone": whited out
+    assert probe("stat", "/srv") == "dir 755 0 0\n"
+    assert probe("stat", "/srv/owned") == "file 644 1000 1000\n"  # owners as in the image
+    assert probe("stat", "/srv/suid") == "file 4755 0 0\n"
+    assert probe("ls", "/var/lib/old") == "c\n"  # opaque in the top layer
+    # the volume is the box's from now on: the image never writes into it again
+    probe("rm", "/srv/owned")
+    probe("write", "/srv/new", "n")
+    assert sorted(probe("ls", "/srv").split()) == ["new", "suid"]
+    # /lib is a symlink to usr/lib in the image: followed inside it; hard links kept
+    assert sorted(probe("ls", "/usr/lib", vols=("libs:/lib",)).split()) == ["hard", "hardlink"]
+    vols = Path(home["COOPY_HOME"]) / "state" / "volumes"
+    assert (vols / "libs" / "hard").stat().st_nlink == 2
+    # nothing at the target in the image: an empty volume, the box's root's
+    assert probe("ls", "/no/such", vols=("empty:/no/such",)) == ""
+    assert probe("stat", "/no/such", vols=("empty:/no/such",)) == "dir 755 0 0\n"
+    assert sorted(p.name for p in vols.iterdir()) == ["empty", "libs", "old", "srv"]
+
+
 def test_oci_layout_archive_and_docker_save(box_user: BoxUser, images: Images,
                                             home: dict[str, str]) -> None:
     layout = images.layout.path
@@ -391,6 +437,120 @@ def test_oci_layout_archive_and_docker_save(box_user: BoxUser, images: Images,
     assert listed[src]["source"] == "oci" and listed[src]["layers"] == 2
     res = box_user.coopy("run", "--image", f"oci:{layout}:nope", "--", "true", cwd=ws, env=home)
     assert res.returncode == 125 and "no image tagged nope" in res.stderr
+
+
+def _box_1000(user: BoxUser) -> int:
+    """The host uid that is uid 1000 in the user's boxes."""
+    if user.uid == 0:
+        return 1000  # a root filesystem made by root: its ids are the box's
+    for line in Path("/etc/subuid").read_text().splitlines():
+        name, start, _ = line.split(":")
+        if name == user.pw.pw_name:
+            return int(start) + 999  # box 1… are the subordinate ids
+    raise AssertionError(f"{user.pw.pw_name} has no subordinate ids")
+
+
+def _rootfs_dir(user: BoxUser, root: Path) -> Path:
+    """The test image's bottom layer as a directory of ``user``'s."""
+    for entry in base_entries(probe_binary(WORK_BASE / "images-session")):
+        path = root / entry.name
+        if entry.kind == "dir":
+            path.mkdir(parents=True, exist_ok=True)
+        elif entry.kind == "file":
+            data = entry.data
+            path.write_bytes(data if isinstance(data, bytes) else data.encode())
+        elif entry.kind == "symlink":
+            path.symlink_to(str(entry.data))
+            continue
+        elif entry.kind == "link":
+            os.link(root / str(entry.data), path)
+            continue
+        os.chmod(path, entry.mode)
+    subprocess.run(["chown", "-R", "-h", f"{user.uid}:{user.pw.pw_gid}", str(root)],
+                   check=True)
+    return root
+
+
+def test_dir_image(box_user: BoxUser, images: Images, home: dict[str, str]) -> None:
+    root = _rootfs_dir(box_user, box_user.workspace() / "rootfs")
+    other = _box_1000(box_user)
+    os.chown(root / "srv" / "owned", other, other)
+    os.chmod(root / "srv" / "suid", 0o4755)  # chown cleared it
+    src = f"dir:{root}"
+    assert run_probe(box_user, home, src, "stat", "/srv/owned") == "file 644 1000 1000\n"
+    assert run_probe(box_user, home, src, "stat", "/srv/suid") == "file 4755 0 0\n"
+    assert run_probe(box_user, home, src, "stat", "/srv/gone") == "file 644 0 0\n"
+    # a change to the directory is seen by the next box; the import is kept until then
+    (root / "etc" / "new").write_text("new\n")
+    os.chown(root / "etc" / "new", box_user.uid, box_user.pw.pw_gid)
+    assert run_probe(box_user, home, src, "cat", "/etc/new") == "new\n"
+    listed = [i["name"] for i in json.loads(box_user.coopy("images", "--json",
+                                                           env=home).stdout)]
+    assert listed == [src]
+    assert box_user.coopy("images", "rm", src, env=home).returncode == 0
+
+
+# imgprobe as sh runs "imgprobe cat …" (and ignores the rest); the host's sh runs cat
+CAT_RELEASE = "imgprobe cat /etc/os-release 2>/dev/null || cat /etc/os-release"
+
+
+def test_project_local_images_need_trust(box_user: BoxUser, images: Images,
+                                         home: dict[str, str]) -> None:
+    ws = box_user.workspace()
+    host_release = Path("/etc/os-release").read_text()
+    for image in (f"oci:{images.layout.path}:img", "dir:./rootfs"):
+        if image.startswith("dir:"):
+            _rootfs_dir(box_user, ws / "rootfs")
+            (ws / "rootfs" / "etc" / "os-release").write_text("ID=coopytest\n")
+        (ws / "coop.toml").write_text(f'[sandbox]\nimage = "{image}"\n')
+        res = box_user.coopy("run", "--", "sh", "-c", CAT_RELEASE, cwd=ws, env=home)
+        assert (res.returncode, res.stdout) == (0, host_release), res.stderr
+        assert "asks for more than its workspace" in res.stderr
+        assert f"line 2: image {image.replace('./', str(ws) + '/')}" in res.stderr
+        assert box_user.coopy("trust", cwd=ws, env=home).returncode == 0
+        res = box_user.coopy("run", "--", "sh", "-c", CAT_RELEASE, cwd=ws, env=home)
+        assert res.returncode == 0 and "ID=coopytest" in res.stdout, res.stderr
+        assert "asks for more" not in res.stderr
+
+
+@pytest.mark.slow
+def test_many_layers_are_flattened(box_user: BoxUser, images: Images,
+                                   home: dict[str, str]) -> None:
+    """503 layers: more than overlayfs stacks (500) and than a box of root is passed
+    (150): the bottom ones are merged into one layer, whiteouts and opaque dirs applied."""
+    ws = box_user.workspace()
+    layout = OciLayout(ws / "many")
+    tars = [tar_bytes(base_entries(probe_binary(WORK_BASE / "images-session")))]
+    for i in range(1, 503):
+        entries = [Entry("l/", "dir", mode=0o755), Entry(f"l/{i}", data=f"{i}\n")]
+        if i == 1:
+            entries += [Entry("d/", "dir", mode=0o755), Entry("d/x", data="x")]
+        if i == 2:  # in the merged part: deletes l/1, hides d/x
+            entries += [Entry("l/.wh.1"), Entry("d/", "dir", mode=0o755),
+                        Entry("d/.wh..wh..opq"), Entry("d/y", data="y")]
+        if i == 500:  # above the merged part: still deletes what is in it
+            entries += [Entry("l/.wh.3")]
+        tars.append(tar_bytes(entries))
+    layout.tag(layout.image([(t, None) for t in tars]), "many")
+    subprocess.run(["chown", "-R", f"{box_user.uid}:{box_user.pw.pw_gid}", str(ws)],
+                   check=True)
+    src = f"oci:{ws / 'many'}:many"
+    res = box_user.coopy("run", "--image", src, "--", "/bin/imgprobe", "ls", "/l", cwd=ws,
+                         env=home, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert sorted(map(int, res.stdout.split())) == [i for i in range(2, 503) if i != 3]
+    assert "has 503 layers, more than a box " in res.stderr
+    assert run_probe(box_user, home, src, "ls", "/d") == "y\n"
+    assert run_probe(box_user, home, src, "stat", "/srv/owned") == "file 644 1000 1000\n"
+    # made once: the next box uses it; prune keeps it while the image is kept
+    res = box_user.coopy("run", "--image", src, "--", "/bin/imgprobe", "cat", "/l/502",
+                         cwd=ws, env=home)
+    assert (res.returncode, res.stdout) == (0, "502\n") and "merging" not in res.stderr
+    assert box_user.coopy("system", "prune", env=home).returncode == 0
+    res = box_user.coopy("run", "--image", src, "--", "/bin/imgprobe", "id", cwd=ws, env=home)
+    assert res.returncode == 0 and "merging" not in res.stderr, res.stderr
+    listed = [i["name"] for i in json.loads(box_user.coopy("images", "--json", env=home).stdout)]
+    assert len(listed) == 2 and listed[1].startswith(src + "+flat-")
 
 
 def test_killed_build_leaves_no_half_layer(box_user: BoxUser, images: Images,

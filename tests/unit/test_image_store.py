@@ -60,3 +60,20 @@ def test_accounts_merge_and_image_files(tmp_path: Path) -> None:
     assert read_image_file([str(top), str(low)], "etc/passwd") == "low\n"
     (top / "etc" / "passwd").symlink_to("/etc/shadow")  # never followed out of the image
     assert read_image_file([str(top), str(low)], "etc/passwd") == ""
+
+
+def test_config_diff_ids() -> None:
+    import pytest
+
+    from coopy.errors import ImageError
+    from coopy.image.store import config_diff_ids
+
+    assert config_diff_ids({"rootfs": {"diff_ids": [D, D]}}, 2, "x") == [D, D]
+    assert config_diff_ids({}, 2, "x") == ["", ""]  # none given: blob digests still hold
+    with pytest.raises(ImageError, match="lists 1 rootfs.diff_ids for 2 layers"):
+        config_diff_ids({"rootfs": {"diff_ids": [D]}}, 2, "x")
+    with pytest.raises(ImageError, match="malformed digest"):
+        config_diff_ids({"rootfs": {"diff_ids": ["md5:x"]}}, 1, "x")
+    # records of older pulls (three fields per layer) still load
+    old = REC.to_json() | {"layers": [[D, "t+gzip", 10]]}
+    assert ImageRecord.from_json(old).layers[0].diff_id == ""

@@ -14,10 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coopy.image.layer import LayerError, compression_of, extract_tar, sniff_compression
+from coopy.image.layer import (
+    LayerError,
+    compression_of,
+    extract_blob,
+    extract_tar,
+    sniff_compression,
+)
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
-from tests.imagekit import Entry, tar_bytes  # noqa: E402
+from tests.imagekit import Entry, compress, tar_bytes  # noqa: E402
 
 
 def extract(root: Path, entries: list[Entry]) -> None:
@@ -140,6 +146,31 @@ def test_xattrs_from_pax_headers(box: tuple[Path, Path]) -> None:
         os.close(fd)
     assert os.getxattr(root / "ok", "user.note") == b"hello"
     assert "user.overlay.opaque" not in os.listxattr(root / "forged")
+
+
+@pytest.mark.parametrize("how", [None, "gzip", "zstd"])
+def test_diff_id_is_checked(tmp_path: Path, how: str | None) -> None:
+    import hashlib
+
+    tar = tar_bytes([Entry("etc/", "dir", mode=0o755), Entry("etc/x", data="x" * 5000)])
+    blob = tmp_path / "blob"
+    blob.write_bytes(compress(tar, how))
+    good = "sha256:" + hashlib.sha256(tar).hexdigest()
+    bad = "sha256:" + hashlib.sha256(b"other").hexdigest()
+    for n, (diff_id, ok) in enumerate([(good, True), (bad, False), (None, True)]):
+        root = tmp_path / f"root{n}"
+        root.mkdir()
+        fd, rfd = os.open(blob, os.O_RDONLY), os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if ok:
+                extract_blob(fd, how, rfd, diff_id=diff_id)
+                assert (root / "etc" / "x").read_text() == "x" * 5000
+            else:
+                with pytest.raises(LayerError, match="rootfs.diff_ids says sha256:"):
+                    extract_blob(fd, how, rfd, diff_id=diff_id)
+        finally:
+            os.close(fd)
+            os.close(rfd)
 
 
 def test_compression_names() -> None:

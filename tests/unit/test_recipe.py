@@ -3,6 +3,8 @@ checked by hand, see docs/design.md)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,11 +12,27 @@ import pytest
 from coopy.errors import ConfigError
 from coopy.image.recipe import Recipe, find_recipe, mmdebstrap_argv, parse_recipe
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def test_shipped_recipe_parses() -> None:
-    path = find_recipe("debian-python", Path("/nonexistent"))
+    path = ROOT / "rootfs" / "debian-python.toml"
     recipe = parse_recipe(path.read_text(), str(path))
     assert recipe == Recipe("bookworm", "minbase", ("python3", "git", "ca-certificates"))
+
+
+def test_installed_package_ships_the_recipes() -> None:
+    """The installed coopy (tests/run.sh: `pip install .`, not editable) finds coopy's own
+    recipes inside itself, never in this checkout."""
+    code = ("import pathlib, coopy.image.recipe as r; "
+            "print(r.find_recipe('debian-python', pathlib.Path('/nonexistent')))")
+    res = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True,
+                         text=True, check=True)
+    found = Path(res.stdout.strip())
+    if str(found).startswith(str(ROOT)):
+        pytest.skip("coopy is installed editable (from this checkout)")
+    assert found.parent.name == "recipes" and found.parent.parent.name == "coopy"
+    assert found.read_text() == (ROOT / "rootfs" / "debian-python.toml").read_text()
 
 
 def test_project_recipe_wins(tmp_path: Path) -> None:
