@@ -5,23 +5,32 @@ keystrokes to the box, output to the screen, the window size sent on attach and 
 SIGWINCH.  The detach key (Ctrl+] by default) leaves the box running; the terminal is
 restored on every way out.  When the box's command exits, the client exits with its
 status.
+
+Lean on purpose: `coopy shell -c` pays for every import here (see coopy/boxfind.py), so
+the socket is `_socket`'s (the socket module imports enum and selectors), and the
+terminal code (coopy/term.py, itself lean) is imported only when stdin is a terminal.
 """
 
 from __future__ import annotations
 
 import os
 import select
-import signal
-import socket
 import struct
+from _socket import AF_UNIX, SCM_RIGHTS, SOCK_STREAM, SOL_SOCKET, socket
 
 from coopy import proto
+from coopy.boxfind import proc_start_time
 from coopy.errors import BoxStateError, CoopyError
 from coopy.proto import T
-from coopy.state import BoxRecord
-from coopy.term import get_winsize, raw_mode, signal_pipe
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from coopy.boxfind import Running
+    from coopy.state import BoxRecord
 
 DETACH_KEY = 0x1D  # Ctrl+]
+_RECV = 1 << 20  # the keeper sends up to 256 KiB of output per frame
+_IOV_MAX = 1024  # buffers per writev(2) (Linux's UIO_MAXIOV)
 
 
 def parse_detach_key(spec: str) -> int:
@@ -32,12 +41,12 @@ def parse_detach_key(spec: str) -> int:
     raise CoopyError(f"detach key {spec!r}: expected ctrl-<key>, e.g. ctrl-]")
 
 
-def connect(record: BoxRecord) -> socket.socket:
+def connect(record: BoxRecord | Running) -> socket:
     """A connection to the box's keeper; errors say what state the box is in."""
     if not record.can_attach():
         raise BoxStateError(f"box {record.name!r} is {record.state}, not running",
                             hint=f"`coopy` in {record.workspace} starts it again")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket(AF_UNIX, SOCK_STREAM)
     try:
         sock.connect(record.socket)
     except OSError as exc:
@@ -47,21 +56,26 @@ def connect(record: BoxRecord) -> socket.socket:
     return sock
 
 
-def attach(record: BoxRecord, detach_key: int = DETACH_KEY, *, verb: str = "attach",
-           **hello: object) -> int:
+def attach(record: BoxRecord | Running, detach_key: int = DETACH_KEY, *,
+           verb: str = "attach", **hello: object) -> int:
     """Attach this terminal to a PTY of the box (the agent's, or a shell with
     ``verb="shell"``); its exit status, or 0 after a detach."""
     sock = connect(record)
     try:
+        if not os.isatty(0):  # a pipe or a file: no raw mode, no window size
+            sock.sendall(proto.hello(verb, rows=0, cols=0, **hello))
+            return _loop(sock, -1, detach_key, record)
+        from coopy.term import raw_mode, winch_pipe
+
         rows, cols = _size()
         sock.sendall(proto.hello(verb, rows=rows, cols=cols, **hello))
-        with raw_mode(0), signal_pipe((signal.SIGWINCH,)) as sig_fd:
-            return _loop(sock, sig_fd, detach_key, record.name)
+        with raw_mode(0), winch_pipe() as sig_fd:
+            return _loop(sock, sig_fd, detach_key, record)
     finally:
         sock.close()
 
 
-def exec_in(record: BoxRecord, command: list[str]) -> int:
+def exec_in(record: BoxRecord | Running, command: list[str]) -> int:
     """Run COMMAND in the box without a PTY: pipes both ways, its exit status back.
 
     The box gets pipes, never this process's own fds (a terminal among them would let
@@ -72,7 +86,8 @@ def exec_in(record: BoxRecord, command: list[str]) -> int:
     theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
     ours = {pipes[0][1]: None, pipes[1][0]: 1, pipes[2][0]: 2}
     try:
-        socket.send_fds(sock, [proto.hello("exec", command=command)], theirs)
+        sock.sendmsg([proto.hello("exec", command=command)],
+                     [(SOL_SOCKET, SCM_RIGHTS, struct.pack(f"{len(theirs)}i", *theirs))])
         for fd in theirs:
             os.close(fd)
         theirs = []
@@ -86,7 +101,7 @@ def exec_in(record: BoxRecord, command: list[str]) -> int:
         sock.close()
 
 
-def _exec_loop(sock: socket.socket, stdin_w: int, ours: dict[int, int | None],
+def _exec_loop(sock: socket, stdin_w: int, ours: dict[int, int | None],
                name: str) -> int:
     decoder = proto.Decoder()
     reading = {fd for fd, dst in ours.items() if dst is not None}
@@ -127,6 +142,8 @@ def _exec_loop(sock: socket.socket, stdin_w: int, ours: dict[int, int | None],
 
 
 def _size() -> tuple[int, int]:
+    from coopy.term import get_winsize
+
     size = get_winsize(0)
     if size is None:
         return 0, 0
@@ -134,11 +151,13 @@ def _size() -> tuple[int, int]:
     return rows, cols
 
 
-def _loop(sock: socket.socket, sig_fd: int, detach_key: int, name: str) -> int:
+def _loop(sock: socket, sig_fd: int, detach_key: int, record: BoxRecord | Running) -> int:
     decoder = proto.Decoder()
     stdin_open = True
+    told = False  # the keeper sent an ERROR (then an EOF is no stall detach)
+    name = record.name
     while True:
-        watch: list[int] = [sock.fileno(), sig_fd] + ([0] if stdin_open else [])
+        watch = [sock.fileno()] + ([sig_fd] if sig_fd >= 0 else []) + ([0] if stdin_open else [])
         ready, _, _ = select.select(watch, [], [])
         if sig_fd in ready:
             os.read(sig_fd, 64)
@@ -158,21 +177,36 @@ def _loop(sock: socket.socket, sig_fd: int, detach_key: int, name: str) -> int:
             else:
                 sock.sendall(proto.encode(T.DATA, data))
         if sock.fileno() in ready:
-            data = sock.recv(65536)
+            data = sock.recv(_RECV)
+            if not data and not told and proc_start_time(record.keeper_pid) == record.keeper_start:
+                raise BoxStateError(f"box {name!r}: its keeper detached this client, which "
+                                    "had taken no output for a while the box waited on it",
+                                    hint=f"`coopy attach {name}` to come back")
             if not data:
                 raise BoxStateError(f"box {name!r}: its keeper went away",
                                     hint="`coopy ls` shows what happened")
-            for frame in decoder.feed(data):
-                if frame.type == T.DATA:
-                    _write_all(1, frame.payload)
-                elif frame.type == T.EXIT:
+            output: list[memoryview] = []  # the DATA of this read, written with one writev
+            for frame in decoder.stream(data):
+                if isinstance(frame, memoryview):
+                    output.append(frame)
+                    continue
+                _write_all(1, *output)
+                output = []
+                if frame.type == T.EXIT:
                     return proto.unpack_int(frame)
-                elif frame.type == T.ERROR:
+                if frame.type == T.ERROR:
                     # said, then the keeper sends EXIT (or closes: the error above)
+                    told = True
                     os.write(2, f"\r\ncoopy: {frame.payload.decode()}\r\n".encode())
+            _write_all(1, *output)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+def _write_all(fd: int, *chunks: bytes | memoryview) -> None:
+    """Write every chunk, in order, with as few writev(2) calls as the fd allows."""
+    views = [memoryview(c) for c in chunks if c]
+    while views:
+        n = os.writev(fd, views[:_IOV_MAX])
+        while views and n >= len(views[0]):
+            n -= len(views.pop(0))
+        if n:
+            views[0] = views[0][n:]

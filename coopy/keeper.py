@@ -15,14 +15,17 @@ import collections
 import contextlib
 import errno
 import fcntl
+import itertools
 import os
 import select
 import selectors
 import signal
 import socket
 import struct
+import sys
 import termios
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from coopy import proto
@@ -30,14 +33,43 @@ from coopy.proto import T
 from coopy.spawn import Started
 from coopy.state import BoxRecord, write_record
 
-CLIENT_BUFFER_MAX = 8 << 20  # a client this far behind is dropped, not the box stalled
+# Back-pressure, like a terminal that cannot keep up: while a client has more than
+# HIGH_WATER bytes queued, the keeper stops reading its PTY's master, so the box's writes
+# block in the kernel (nothing is dropped: scrollback and log get every byte); reading
+# resumes when every client of that PTY is under LOW_WATER.  A client that takes nothing
+# for STALL_S while the box waits on it is detached, so one stuck terminal cannot freeze
+# the box.  Each read(2) of a PTY master returns at most 4 KiB (n_tty's buffer): the
+# keeper reads until EAGAIN or READ_BATCH and sends what it got as one frame.
+HIGH_WATER = 1 << 20
+LOW_WATER = 256 << 10
+READ_BATCH = 256 << 10  # ≤ proto.MAX_PAYLOAD
+STALL_S = 10.0
+STALL_ENV = "COOPY_CLIENT_STALL_S"  # tests shorten it; clamped to STALL_RANGE
+STALL_RANGE = (0.1, 600.0)
+_SEND_MAX = 64  # buffers per sendmsg(2) (IOV_MAX is 1024)
+
+
+def stall_timeout(environ: Mapping[str, str] = os.environ) -> float:
+    """How long a client may take nothing while the box waits on it (``$COOPY_CLIENT_STALL_S``,
+    clamped; the default when unset or not a number)."""
+    try:
+        value = float(environ.get(STALL_ENV, STALL_S))
+    except ValueError:
+        return STALL_S
+    lo, hi = STALL_RANGE
+    return min(max(value, lo), hi) if value == value else STALL_S  # NaN: the default
 
 
 class _Client:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.decoder = proto.Decoder()
-        self.out = bytearray()
+        # What it has not taken yet: whole buffers, the first one possibly sent in part
+        # (``sent`` bytes of it); queued without copying, sent with one sendmsg(2).
+        self.out: collections.deque[bytes] = collections.deque()
+        self.sent = 0
+        self.queued = 0  # bytes in out, less sent
+        self.since = 0.0  # monotonic time of its last progress (or of its queue starting)
         self.pty: int | None = None  # the PTY it is attached to
         self.exec_id: int | None = None  # the `coopy exec` process it waits for
         self.greeted = False
@@ -64,11 +96,12 @@ class _Pty:
         self.to_master = bytearray()
         self.status: int | None = None  # set when its process exited
         self.drained = False  # its master reported EOF/EIO
+        self.paused = False  # a client of it is over HIGH_WATER: its master is not read
+        self.events = 0  # what its master is registered for (0: not registered)
         self.log_path = log_path
         self.log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                               0o600)
         self.log_size = os.fstat(self.log_fd).st_size
-        self.reading = True  # registered for EVENT_READ only (False: also EVENT_WRITE)
 
     def keep(self, data: bytes, limit: int) -> None:
         """Add output to the scrollback, dropping the oldest chunks beyond ``limit``."""
@@ -102,13 +135,15 @@ class Keeper:
         self.record = record
         self.box_dir = box_dir
         self.scrollback_max = scrollback
-        self.log_max = log_max
+        self.log_max = max(log_max, 4096)  # [session] log_max may say 0
         self.ptys = {0: _Pty(0, started.master, "agent", list(record.command),
                              box_dir / "log")}
         self.clients: dict[int, _Client] = {}
         self.pending: dict[int, _Client] = {}  # started processes awaiting init's answer
         self.next_id = 1
         self.sel = selectors.DefaultSelector()
+        self.stall = stall_timeout()
+        self.buffer = memoryview(bytearray(READ_BATCH))  # PTY reads land here
 
     # ---- the loop ------------------------------------------------------------------
 
@@ -118,7 +153,7 @@ class Keeper:
         os.set_blocking(agent.master, False)
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, ("accept", 0))
-        self.sel.register(agent.master, selectors.EVENT_READ, ("pty", 0))
+        self._watch(agent)
         box = os.pidfd_open(self.started.pid)  # readable when the box has ended
         self.sel.register(box, selectors.EVENT_READ, ("box", 0))
         if self.started.control is not None:
@@ -174,26 +209,39 @@ class Keeper:
         self.sel.register(sock, selectors.EVENT_READ, ("client", 0))
 
     def _from_master(self, pty: _Pty) -> None:
-        try:
-            data = os.read(pty.master, 65536)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.EIO:  # EIO: the PTY's last slave is closed
-                raise
-            data = b""
-        if not data:
-            self.sel.unregister(pty.master)
+        """Read what the PTY has (up to READ_BATCH, into one buffer): scrollback, log,
+        one DATA frame to each of its clients."""
+        view, size, eof = self.buffer, 0, False
+        while size < READ_BATCH:
+            try:
+                n = os.readv(pty.master, [view[size:]])
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EIO:  # EIO: the PTY's last slave is closed
+                    raise
+                n = 0
+            if not n:
+                eof = True
+                break
+            size += n
+        if size:
+            data = bytes(view[:size])
+            pty.keep(data, self.scrollback_max)
+            self._log(pty, data)
+            header = proto.header(T.DATA, size)
+            behind = False
+            for client in self.clients.values():
+                if client.pty == pty.id:
+                    self._send(client, header, data)
+                    behind = behind or client.queued >= HIGH_WATER
+            if behind:
+                self._pace(pty)
+        if eof:
             pty.drained = True
+            self._watch(pty)
             if pty.id != 0:
                 self._maybe_finish(pty)
-            return
-        pty.keep(data, self.scrollback_max)
-        self._log(pty, data)
-        frame = proto.encode(T.DATA, data)
-        for client in list(self.clients.values()):
-            if client.pty == pty.id:
-                self._send(client, frame)
 
     def _maybe_finish(self, pty: _Pty) -> None:
         """A shell whose process exited and whose output is drained: tell, forget."""
@@ -209,15 +257,20 @@ class Keeper:
         del self.ptys[pty.id]
 
     def _log(self, pty: _Pty, data: bytes) -> None:
+        view = memoryview(data)
         try:
-            if pty.log_size + len(data) > self.log_max:
-                # Rotate: one previous log is kept, so a chatty agent cannot fill the disk.
-                os.replace(pty.log_path, pty.log_path.with_suffix(".1"))
-                os.close(pty.log_fd)
-                pty.log_fd = os.open(pty.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                                     | os.O_CLOEXEC, 0o600)
-                pty.log_size = 0
-            pty.log_size += os.write(pty.log_fd, data)
+            while view:
+                if pty.log_size >= self.log_max:
+                    # Rotate: one previous log is kept, so a chatty agent cannot fill the
+                    # disk.  A read is up to 256 KiB, so it may be split across the two.
+                    os.replace(pty.log_path, pty.log_path.with_suffix(".1"))
+                    os.close(pty.log_fd)
+                    pty.log_fd = os.open(pty.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                                         | os.O_CLOEXEC, 0o600)
+                    pty.log_size = 0
+                n = os.write(pty.log_fd, view[:self.log_max - pty.log_size])
+                pty.log_size += n
+                view = view[n:]
         except OSError:
             pass  # a full disk must not take the box down; the terminal still works
 
@@ -239,18 +292,17 @@ class Keeper:
             agent = self.ptys[0]
             while not agent.drained and select.select([agent.master], [], [], 0)[0]:
                 self._from_master(agent)  # the old agent's last words first
-            if not agent.drained:
-                self.sel.unregister(agent.master)
+            self._watch(agent, 0)
             os.close(agent.master)
             agent.master, agent.drained, agent.status = fds[0], False, None
             os.set_blocking(agent.master, False)
-            self.sel.register(agent.master, selectors.EVENT_READ, ("pty", 0))
+            self._watch(agent)
         elif kind == b"P":
             if fds:  # a shell: its PTY master
                 pty = _Pty(ident, fds[0], "shell", [], self.box_dir / f"shell-{ident}.log")
                 os.set_blocking(pty.master, False)
                 self.ptys[ident] = pty
-                self.sel.register(pty.master, selectors.EVENT_READ, ("pty", ident))
+                self._watch(pty)
                 if client is not None:
                     pty.command = client.command
                     client.pty = ident
@@ -321,10 +373,19 @@ class Keeper:
 
     def _timeout(self) -> float | None:
         times = [t for t in (self.restart_at, self.kill_at) if t is not None]
+        times += [c.since + self.stall for c in self.clients.values() if c.queued >= HIGH_WATER]
         return max(0.0, min(times) - time.monotonic()) if times else None
 
     def _timers(self) -> None:
         now = time.monotonic()
+        for client in list(self.clients.values()):
+            if client.queued >= HIGH_WATER and now - client.since >= self.stall:
+                # It has taken nothing for that long while its PTY waited on it (a frozen
+                # terminal, a suspended ssh): the box goes on without it.
+                print(f"keeper: a client of PTY {client.pty} took nothing for "
+                      f"{self.stall:g} s while the box waited on it: detached it",
+                      file=sys.stderr, flush=True)
+                self._drop(client)
         if self.restart_at is not None and now >= self.restart_at:
             self.restart_at = None
             self._start_agent(list(self.record.command))
@@ -402,7 +463,7 @@ class Keeper:
             case T.DATA | T.RESIZE:
                 pass  # not attached (yet): an exec client's or a shell still starting
             case _:
-                self._send(client, proto.encode(T.ERROR, f"unexpected {frame.type.name}"
+                self._send(client, proto.encode(T.ERROR, f"unexpected {proto.name(frame.type)}"
                                                 .encode()))
 
     def _hello(self, client: _Client, hello: dict[str, object]) -> None:
@@ -425,8 +486,7 @@ class Keeper:
                 return
             client.pty = target
             self._resize(pty, rows, cols)
-            for chunk in list(pty.chunks):  # each ≤ 64 KiB: within a frame's limit
-                self._send(client, proto.encode(T.DATA, chunk))
+            self._replay(client, pty)
         elif verb == "info":
             self._send(client, proto.encode_json(T.INFO, self.info()))
         elif verb in ("shell", "exec"):
@@ -437,8 +497,7 @@ class Keeper:
                 if live:
                     client.pty = live[0].id
                     self._resize(live[0], rows, cols)
-                    for chunk in list(live[0].chunks):
-                        self._send(client, proto.encode(T.DATA, chunk))
+                    self._replay(client, live[0])
                     return
             if not command:
                 shell = hello.get("shell")
@@ -487,6 +546,13 @@ class Keeper:
                 fcntl.ioctl(pty.master, termios.TIOCSWINSZ,
                             struct.pack("HHHH", rows, cols, 0, 0))
 
+    def _replay(self, client: _Client, pty: _Pty) -> None:
+        """The PTY's scrollback to a client that just attached (each chunk ≤ READ_BATCH:
+        within a frame's limit)."""
+        for chunk in list(pty.chunks):
+            self._send(client, proto.header(T.DATA, len(chunk)), chunk)
+        self._pace(pty)
+
     def _flush_master(self, pty: _Pty) -> None:
         while pty.to_master:
             try:
@@ -497,19 +563,44 @@ class Keeper:
                 pty.to_master.clear()
                 break
             del pty.to_master[:n]
-        reading = not pty.to_master
-        if reading != pty.reading and pty.master in self.sel.get_map():
-            want = selectors.EVENT_READ | (0 if reading else selectors.EVENT_WRITE)
-            self.sel.modify(pty.master, want, ("pty", pty.id))
-            pty.reading = reading
+        self._watch(pty)
 
-    def _send(self, client: _Client, frame: bytes) -> None:
+    def _watch(self, pty: _Pty, events: int | None = None) -> None:
+        """Register its master for what is wanted now: output unless drained or paused,
+        writability while input waits."""
+        if events is None:
+            events = 0 if pty.drained else (
+                (0 if pty.paused else selectors.EVENT_READ)
+                | (selectors.EVENT_WRITE if pty.to_master else 0))
+        if events == pty.events:
+            return
+        if not pty.events:
+            self.sel.register(pty.master, events, ("pty", pty.id))
+        elif not events:
+            self.sel.unregister(pty.master)
+        else:
+            self.sel.modify(pty.master, events, ("pty", pty.id))
+        pty.events = events
+
+    def _pace(self, pty: _Pty) -> None:
+        """Stop reading a PTY while a client of it is over HIGH_WATER; read it again when
+        all are under LOW_WATER."""
+        most = max((c.queued for c in self.clients.values() if c.pty == pty.id), default=0)
+        paused = most >= HIGH_WATER or (pty.paused and most >= LOW_WATER)
+        if paused != pty.paused:
+            pty.paused = paused
+            self._watch(pty)
+
+    def _send(self, client: _Client, *parts: bytes) -> None:
+        """Queue a frame (its parts are not copied) and send what the socket takes."""
         if client.sock.fileno() < 0:
             return
-        client.out += frame
-        if len(client.out) > CLIENT_BUFFER_MAX:
-            self._drop(client)
-            return
+        if not client.out:
+            client.since = time.monotonic()
+        for part in parts:
+            if part:
+                client.out.append(part)
+                client.queued += len(part)
         self._flush_client(client)
 
     def _flush_client(self, client: _Client, final: bool = False) -> None:
@@ -518,20 +609,34 @@ class Keeper:
         if final:
             client.sock.setblocking(True)
             client.sock.settimeout(2)
-        while client.out:
+        out = client.out
+        while out:
+            bufs: list[bytes | memoryview] = list(itertools.islice(out, _SEND_MAX))
+            if client.sent:
+                bufs[0] = memoryview(bufs[0])[client.sent:]
             try:
-                n = client.sock.send(client.out)
+                n = client.sock.sendmsg(bufs)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError:
-                client.out.clear()
+            except OSError:  # gone (or, final, not taking it for 2 s): forget its queue
+                out.clear()
+                client.sent = client.queued = 0
                 break
-            del client.out[:n]
-        writing = bool(client.out)
+            client.since = time.monotonic()
+            client.queued -= n
+            n += client.sent
+            while out and n >= len(out[0]):
+                n -= len(out.popleft())
+            client.sent = n
+        writing = bool(out)
         if writing != client.writing and not final and client.sock.fileno() in self.sel.get_map():
             want = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
             self.sel.modify(client.sock, want, ("client", 0))
             client.writing = writing
+        if client.pty is not None and client.queued < LOW_WATER:
+            pty = self.ptys.get(client.pty)
+            if pty is not None and pty.paused:
+                self._pace(pty)
 
     def _drop(self, client: _Client) -> None:
         fd = client.sock.fileno()
@@ -544,3 +649,8 @@ class Keeper:
             os.close(f)
         client.fds = []
         client.sock.close()
+        client.out.clear()
+        client.sent = client.queued = 0
+        pty = self.ptys.get(client.pty) if client.pty is not None else None
+        if pty is not None and pty.paused:
+            self._pace(pty)

@@ -60,9 +60,9 @@ def box_name(workspace: Path) -> str:
 def check_name(name: str) -> str:
     """A box name is one path component of letters, digits, ``.``, ``_`` and ``-``: it
     names a directory, a socket and a hostname (``-n ../x`` would reach outside)."""
-    import re
+    from coopy.boxfind import valid_name
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", name):
+    if not valid_name(name):
         raise BoxStateError(f"{name!r} is not a box name",
                             hint="use letters, digits, '.', '_' and '-' (at most 63, "
                             "starting with a letter or digit)")
@@ -343,9 +343,9 @@ def _keeper_main(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Pa
     finally:
         os.umask(old)
     listener.listen(16)
+    from coopy.boxfind import proc_start_time
     from coopy.keeper import Keeper
     from coopy.spawn import start
-    from coopy.state import proc_start_time
 
     started = start(launch._replace(tty=True, control=True))
     record = record._replace(state="running", keeper_pid=os.getpid(),

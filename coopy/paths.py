@@ -36,10 +36,9 @@ def _xdg(var: str, default: str) -> Path:
 
 def state_dir() -> Path:
     """Box records, upper layers and logs."""
-    root = os.environ.get("COOPY_HOME")
-    if root:
-        return Path(root) / "state"
-    return _xdg("XDG_STATE_HOME", ".local/state") / "coopy"
+    from coopy.boxfind import state_root  # the same rule, for clients that avoid pathlib
+
+    return Path(state_root())
 
 
 def data_dir() -> Path:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from coopy.boxfind import proc_start_time
 from coopy.paths import ensure_private_dir, state_dir
 
 
@@ -179,15 +180,6 @@ def read_record(box_dir: Path) -> BoxRecord | None:
         return BoxRecord(**{k: v for k, v in data.items() if k in BoxRecord._fields})
     except (OSError, ValueError, TypeError):
         return None
-
-
-def proc_start_time(pid: int) -> int:
-    """The process's start time in clock ticks since boot (to tell a reused pid apart)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return -1
 
 
 def keeper_alive(record: BoxRecord) -> bool:

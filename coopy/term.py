@@ -13,12 +13,19 @@ import errno
 import fcntl
 import os
 import select
-import signal
 import struct
 import termios
 import tty
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+
+# No contextlib, collections.abc or signal module: `coopy shell` at a terminal imports
+# this, and they cost ~8 ms of its start (signal wraps every constant in an enum).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    from collections.abc import Callable
+    from types import TracebackType
+else:
+    import _signal as signal  # the C module under `signal`: the same calls, plain ints
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
@@ -42,35 +49,55 @@ def set_winsize(fd: int, size: bytes | None) -> None:
             pass  # the box is gone; the relay ends on its own
 
 
-@contextmanager
-def raw_mode(fd: int) -> Iterator[None]:
+class raw_mode:  # lower case: used as a function, `with raw_mode(fd):`
     """Put terminal ``fd`` in raw mode; restore it exactly on every way out."""
-    try:
-        saved = termios.tcgetattr(fd)
-    except termios.error:
-        yield
-        return
-    try:
-        tty.setraw(fd, termios.TCSANOW)
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.saved: list[int | list[bytes | int]] | None = None
+
+    def __enter__(self) -> None:
+        try:
+            saved = termios.tcgetattr(self.fd)
+        except termios.error:
+            return  # not a terminal
+        try:
+            tty.setraw(self.fd, termios.TCSANOW)
+        except BaseException:
+            termios.tcsetattr(self.fd, termios.TCSAFLUSH, saved)
+            raise
+        self.saved = saved
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.saved is not None:
+            termios.tcsetattr(self.fd, termios.TCSAFLUSH, self.saved)
 
 
-@contextmanager
-def signal_pipe(signals: tuple[int, ...]) -> Iterator[int]:
+class signal_pipe:  # lower case: used as a function, `with signal_pipe(sigs) as fd:`
     """A non-blocking fd that yields one byte per signal received (the self-pipe trick)."""
-    rd, wr = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    old = {s: signal.signal(s, lambda *_: None) for s in signals}
-    old_fd = signal.set_wakeup_fd(wr, warn_on_full_buffer=False)
-    try:
-        yield rd
-    finally:
-        signal.set_wakeup_fd(old_fd)
-        for s, h in old.items():
+
+    def __init__(self, signals: tuple[int, ...]) -> None:
+        self.signals = signals
+
+    def __enter__(self) -> int:
+        self.rd, self.wr = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.old = {s: signal.signal(s, lambda *_: None) for s in self.signals}
+        self.old_fd = signal.set_wakeup_fd(self.wr, warn_on_full_buffer=False)
+        return self.rd
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        signal.set_wakeup_fd(self.old_fd)
+        for s, h in self.old.items():
             signal.signal(s, h)
-        os.close(rd)
-        os.close(wr)
+        os.close(self.rd)
+        os.close(self.wr)
+
+
+def winch_pipe() -> signal_pipe:
+    """:class:`signal_pipe` for SIGWINCH (a client's window size changed)."""
+    return signal_pipe((signal.SIGWINCH,))
 
 
 class Relay:

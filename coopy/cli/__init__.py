@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     from coopy.errors import CoopyError
 
     try:
-        parsed = module.parser().parse_args(args)
+        # A verb may parse its common forms without argparse (start-up: `coopy shell -c`)
+        quick = getattr(module, "quick_parse", None)
+        parsed = (quick(args) if quick else None) or module.parser().parse_args(args)
         return int(module.run(parsed))
     except CoopyError as exc:
         if debug:

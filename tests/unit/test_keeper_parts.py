@@ -33,3 +33,13 @@ def test_scrollback_keeps_the_newest_bytes_and_at_least_the_limit(tmp_path: Path
     assert 200 <= len(kept) < 250  # trimmed by whole chunks, never below the limit
     assert pty.held == len(kept)
     os.close(pty.log_fd)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    (None, 10.0), ("2", 2.0), ("0.5", 0.5), ("0", 0.1), ("-3", 0.1), ("1e9", 600.0),
+    ("nan", 10.0), ("soon", 10.0), ("", 10.0),
+])
+def test_stall_timeout_is_bounded(value: str | None, seconds: float) -> None:
+    from coopy.keeper import STALL_ENV, stall_timeout
+
+    assert stall_timeout({} if value is None else {STALL_ENV: value}) == seconds

@@ -68,3 +68,59 @@ def test_bad_fixed_sizes(payload: bytes) -> None:
         proto.unpack_resize(payload)
     with pytest.raises(proto.ProtocolError):
         proto.unpack_int(proto.Frame(T.EXIT, payload))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12)
+
+
+@given(json_values)
+def test_json_without_the_json_module_matches_it(value: object) -> None:
+    import json
+
+    assert proto.dumps(value) == json.dumps(value)
+    assert proto.loads(json.dumps(value)) == json.loads(json.dumps(value))
+    assert proto.loads(f" \n{json.dumps(value, indent=1)}\n") == value
+
+
+@pytest.mark.parametrize("text", ["", "  ", "{", "[1] x", '{"a":}', "nul"])
+def test_bad_json_is_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        proto.loads(text)
+
+
+frames_st = st.lists(st.tuples(st.sampled_from([T.DATA, T.DATA, T.ERROR, T.EXIT]),
+                               st.binary(max_size=300)), max_size=12)
+
+
+@given(frames_st, st.integers(1, 64))
+def test_stream_gives_data_as_it_arrives_and_other_frames_whole(
+        frames: list[tuple[int, bytes]], step: int) -> None:
+    stream = b"".join(proto.encode(k, p) for k, p in frames)
+    dec = proto.Decoder()
+    got: list[tuple[int, bytes]] = []  # consecutive DATA pieces joined
+    for i in range(0, len(stream), step):
+        for item in dec.stream(stream[i : i + step]):
+            if isinstance(item, memoryview):
+                if got and got[-1][0] == T.DATA:
+                    got[-1] = (T.DATA, got[-1][1] + bytes(item))
+                else:
+                    got.append((T.DATA, bytes(item)))
+            else:
+                got.append((item.type, item.payload))
+    want: list[tuple[int, bytes]] = []
+    for k, p in frames:
+        if k == T.DATA and not p:
+            continue  # an empty DATA frame gives no piece
+        if k == T.DATA and want and want[-1][0] == T.DATA:
+            want[-1] = (T.DATA, want[-1][1] + p)
+        else:
+            want.append((k, p))
+    assert got == want
+
+
+def test_stream_refuses_garbage() -> None:
+    with pytest.raises(proto.ProtocolError, match="unknown frame type 99"):
+        proto.Decoder().stream(b"\x63\x00\x00\x00\x00")
