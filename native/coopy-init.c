@@ -155,7 +155,6 @@ static void report_exec_failure(const char *name, int err)
 /* Set once in main, read by start_process (no allocation after fork). */
 static long g_uid = -1, g_gid = -1;
 static struct sock_fprog g_prog = { 0, filter };
-static sigset_t g_oldmask;
 
 /* Start CMD like the box's command: own session, (with tty) a controlling terminal,
  * the box user's ids, the filter, exec.  fds[3] become its stdio (or -1: keep ours).
@@ -178,7 +177,11 @@ static pid_t start_process(char **cmd, int tty, const int fds[3], int report[2])
 	}
 	if (child == 0) {
 		close(pipefd[0]);
-		sigprocmask(SIG_SETMASK, &g_oldmask, NULL);
+		/* The command starts with no signal blocked, whatever init inherited (the
+		 * native front end keeps the forwarded ones blocked until init reads them). */
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
 		for (int s = 1; s < NSIG; s++)
 			signal(s, SIG_DFL);
 		int stage = ST_SESSION;
@@ -437,7 +440,7 @@ int main(int argc, char **argv)
 	/* (2) Every signal is read from a signalfd in the loop below. */
 	sigset_t all;
 	sigfillset(&all);
-	if (sigprocmask(SIG_BLOCK, &all, &g_oldmask) < 0)
+	if (sigprocmask(SIG_BLOCK, &all, NULL) < 0)
 		die("sigprocmask");
 	int sfd = signalfd(-1, &all, SFD_CLOEXEC);
 	if (sfd < 0)

@@ -145,6 +145,23 @@ static int sys_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 
 
 static int debug;
 static char **saved_argv;
+
+/* The signals forwarded to the box.  Blocked from before the first fork until the box
+ * ends, so that one arriving while the box is being set up waits for it (then goes to
+ * the box's init) instead of killing this process half-way.  A blocked mask survives
+ * exec: the helpers this process runs unblock them first thing; A and B keep them
+ * (coopy-init reads them from its signalfd and starts the command with none blocked). */
+static sigset_t forwarded;
+
+static void forwarded_init(void)
+{
+	static const int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH };
+	sigemptyset(&forwarded);
+	for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+		sigaddset(&forwarded, sigs[i]);
+}
+
+static void unblock_forwarded(void) { sigprocmask(SIG_UNBLOCK, &forwarded, NULL); }
 static char last_failure[1100] = "unknown";
 
 static void say(const char *fmt, ...)
@@ -869,6 +886,7 @@ static pid_t start_map_tool(const char *tool, pid_t pid, const struct range *r, 
 	args[a] = NULL;
 	pid_t child = fork();
 	if (child == 0) {
+		unblock_forwarded();
 		char *env[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL };
 		if (!debug) {
 			int null = open("/dev/null", O_WRONLY);
@@ -1420,6 +1438,7 @@ static int start_helper(const struct plan *pl, pid_t b, struct helper *h)
 	pid_t parent = getpid();
 	h->pid = fork();
 	if (h->pid == 0) {
+		unblock_forwarded();
 		if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != parent)
 			_exit(1);
 		int null = open("/dev/null", O_RDWR);
@@ -1909,6 +1928,7 @@ static void remove_box_dir(const struct plan *pl, const char *dir)
 	pid_t child = fork();
 	if (child == 0) {
 		char x;
+		unblock_forwarded();
 		close(go[1]);
 		if (unshare(CLONE_NEWUSER) < 0 || read(go[0], &x, 1) != 1)
 			_exit(1);
@@ -1941,10 +1961,14 @@ static void remove_box_dir(const struct plan *pl, const char *dir)
 
 static int run_box(struct plan *pl)
 {
+	forwarded_init();
+	sigprocmask(SIG_BLOCK, &forwarded, NULL);
 	int lock_fd = -1;
 	char *dir = make_box_dir(pl, &lock_fd);
-	if (!dir)
+	if (!dir) {
+		unblock_forwarded();
 		return -1;
+	}
 	rebase(pl, dir);
 	int tty = pl->tty >= 0 ? pl->tty : isatty(0);
 	int stdio[3] = { 0, 1, 2 };
@@ -1989,6 +2013,8 @@ static int run_box(struct plan *pl)
 		goto fail;
 	a = fork_box(cgfd);
 	if (a == 0) {
+		/* A and B keep the forwarded signals blocked: one sent to B before coopy-init
+		 * reads its signalfd stays pending (a pid namespace's init would drop it). */
 		close(sv[0]);
 		close(errp[0]);
 		err_fd = errp[1];
@@ -2055,14 +2081,9 @@ static int run_box(struct plan *pl)
 	close(errp[0]);
 	close(sv[0]);
 
-	/* The box runs.  From here on its status is the one we exit with. */
-	sigset_t sigs;
-	sigemptyset(&sigs);
-	int forwarded[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH };
-	for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
-		sigaddset(&sigs, forwarded[i]);
-	sigprocmask(SIG_BLOCK, &sigs, NULL);
-	int sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+	/* The box runs.  From here on its status is the one we exit with; a signal that
+	 * came during the set-up is read from the signalfd now and forwarded. */
+	int sfd = signalfd(-1, &forwarded, SFD_CLOEXEC | SFD_NONBLOCK);
 	a_pidfd = sys_pidfd_open(a);
 	struct termios saved;
 	int raw = 0;
@@ -2107,6 +2128,7 @@ fail:
 	remove_box_dir(pl, dir);
 	if (lock_fd >= 0)
 		close(lock_fd);
+	unblock_forwarded(); /* cleaned up: a pending signal now acts as on Python */
 	return -1;
 }
 

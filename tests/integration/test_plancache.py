@@ -274,3 +274,26 @@ def test_killed_front_end_leaves_nothing(box_user: BoxUser) -> None:
     res = box_user.coopy("run", "--net", "none", "--", "true", cwd=ws,
                          env={"COOPY_NO_PLAN_CACHE": "1"})
     assert res.returncode == 0, res.stderr
+
+
+def test_a_signal_during_set_up_leaves_nothing(box_user: BoxUser) -> None:
+    """SIGTERM at any moment of a start from a plan: the box gets it once it runs, or
+    the front end dies before making anything; never a half-made box left behind."""
+    ws = box_user.workspace()
+    box_user.coopy("run", "--", "true", cwd=ws)  # writes the plan
+    for delay in (0.0, 0.002, 0.005, 0.01, 0.02, 0.04):
+        proc = subprocess.Popen(box_user.argv(["run", "--", "sleep", "30"]), cwd=ws,
+                                env=box_user.env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(delay)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode in (143, -signal.SIGTERM), (delay, proc.returncode, err)
+    # Directories of runs that died before their box existed go with the next run.
+    res = box_user.coopy("run", "--", "true", cwd=ws)
+    assert res.returncode == 0, res.stderr
