@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from coopy.errors import ConfigError
 
 if TYPE_CHECKING:
-    from coopy.box import RunRequest
+    from coopy.request import RunRequest
 
 # Host directories the `host` image shows at their own path: programs under them need
 # no mount of their own.
@@ -306,7 +306,7 @@ def resolve(
     box_home: str, workspace: Path | None = None,
 ) -> AgentBox:
     """Find ``name``'s program on this host and expand its preset (not found: None)."""
-    from coopy.box import BOX_PATH
+    from coopy.request import BOX_PATH
 
     preset = BY_NAME[name]
     dirs = search_path(environ, host_home)
@@ -374,7 +374,7 @@ def apply_agent(
     """
     import shlex
 
-    from coopy.box import MountRequest
+    from coopy.request import MountRequest
 
     preset = preset_of(agent)
     if preset is None:

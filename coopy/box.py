@@ -10,80 +10,32 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from coopy.errors import STATE_FS_HINT, ConfigError, CoopyError, HostError
 from coopy.facts import HostFacts
-from coopy.idmap import IdMap, build_idmap, build_workspace_idmap
+from coopy.idmap import IdMap, build_workspace_idmap
+from coopy.request import (
+    BOX_PATH,
+    ENV_PASSTHROUGH,
+    ENV_PASSTHROUGH_PREFIXES,
+    GIT_GUARDED,
+    RunRequest,
+    plan_ids,
+)
 
 if TYPE_CHECKING:  # imported where used, at run time: start-up cost
     from coopy.gpubox import BoxGpus
-    from coopy.net import NetSetup, PortMap
+    from coopy.net import NetSetup
     from coopy.ops import Op
     from coopy.plan import BoxSpec
     from coopy.rootfs import BoxUser
     from coopy.spawn import Launch
     from coopy.state import RunDir
 
-# The environment of a box is built, never inherited: these host variables pass through
-# (they describe the terminal, the locale and the proxies, not the user's secrets).
-ENV_PASSTHROUGH = (
-    "TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ", "NO_COLOR",
-    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
-)
-ENV_PASSTHROUGH_PREFIXES = ("LC_",)
-BOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
-
-
-class MountRequest(NamedTuple):
-    """A validated ``-v``/``mounts`` entry: host source (or volume name), box target."""
-
-    source: Path | None
-    volume: str | None
-    target: str
-    readonly: bool
-
-
-class RunRequest(NamedTuple):
-    """What ``coopy run`` was asked for, after config layering."""
-
-    command: Sequence[str]
-    workspace: Path
-    workspace_target: str | None = None
-    image: str = "host"
-    mounts: tuple[MountRequest, ...] = ()
-    env: Mapping[str, str] = {}  # noqa: RUF012 - never mutated
-    hostname: str | None = None
-    user: str | None = None
-    net: str = "none"
-    ports: tuple[PortMap, ...] = ()  # published in the private mode
-    allow: tuple[str, ...] = ()  # the allow mode's names, IPs and CIDRs
-    net_backend: str = "auto"  # private: "pasta", "slirp4netns" or whichever is found
-    userns: str = "auto"
-    shm_size: int | None = None
-    tmp_size: int | None = None
-    tty: bool | None = None  # None: a PTY when stdin is a terminal
-    dry_run: bool = False
-    git: str = "default"  # .git/hooks and .git/config read-only; "ro": all .git; "rw"
-    seccomp: bool = True
-    nested_userns: bool = False
-    pids: int | None = 4096
-    nofile: int | None = None
-    memory: int | None = None
-    cpus: float | None = None
-    setup: tuple[str, ...] = ()  # [sandbox] setup: steps built into layers on the image
-    platform: str | None = None  # [image] platform: which image of a multi-platform index
-    insecure: bool = False  # [image] insecure: plain HTTP to a registry not on loopback
-    agent: str | None = None  # the preset's name (coopy/agents.py), for `coopy ls`
-    worktree: str | None = None  # the box's own git worktree (coopy/worktree.py)
-    workspace_mode: str = "rw"  # "cow": the box writes into an overlay (coopy/changes.py)
-    etc_files: tuple[tuple[str, str], ...] = ()  # (path under /etc, text) added to its /etc
-    gpus: str | tuple[int | str, ...] | None = None  # None: all there are, if any
-    gpu_exclusive: bool = False
 
 
 def box_hostname(workspace: Path) -> str:
@@ -108,29 +60,6 @@ def build_env(
     )
     env.update(extra)
     return env
-
-
-def plan_ids(facts: HostFacts, box_uid: int, box_gid: int, userns: str) -> IdMap | None:
-    """The box's id map, or None for ``--userns=host``; errors say what to fix."""
-    if userns == "host":
-        if facts.uid != 0:
-            raise ConfigError(
-                "--userns=host needs root: it makes box root the host's root",
-                hint="leave it out: as an ordinary user the box's root is you",
-            )
-        return None
-    try:
-        return build_idmap(
-            host_uid=facts.uid, host_gid=facts.gid, box_uid=box_uid, box_gid=box_gid,
-            subuid=facts.subuid, subgid=facts.subgid,
-        )
-    except ValueError:
-        raise HostError(
-            "root has no subordinate id range in /etc/subuid and /etc/subgid: a box of "
-            "root runs on one, so that box root is not host root",
-            hint="sudo usermod --add-subuids 1000000-1065535 --add-subgids "
-            "1000000-1065535 root (or give --userns=host to let box root be host root)",
-        ) from None
 
 
 def box_ids(facts: HostFacts, name: str | None, userns: str) -> tuple[BoxUser, IdMap | None, str]:
@@ -190,9 +119,6 @@ def warn_once(key: str, text: str) -> None:
 
 # Paths of a git repository that run code on the host: an agent that writes a hook, or
 # core.fsmonitor / core.pager into .git/config, gets it run by the user's next git command.
-GIT_GUARDED = (".git/hooks", ".git/config")
-
-
 def git_readonly(workspace: Path, mode: str) -> tuple[tuple[str, bool], ...]:
     """(workspace-relative path, is a directory) to bind read-only for ``[workspace] git``."""
     if mode == "rw" or not (workspace / ".git").is_dir():

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from coopy.errors import ConfigError
 
 if TYPE_CHECKING:
-    from coopy.box import RunRequest
+    from coopy.request import RunRequest
 
 # Where installers put conda, home-relative or absolute, after $CONDA_EXE.
 ROOT_CANDIDATES = ("miniforge3", "miniconda3", "anaconda3", "mambaforge", "/opt/conda")
@@ -81,7 +81,7 @@ def apply_venv(req: RunRequest, venv: Path, home: Path) -> RunRequest:
     """``req`` with a host virtual environment (``[conda] env = "/path/to/venv"``) at its
     own path, read-only, with the Python it was made from (pyenv's, uv's…) and active."""
     from coopy.agents import VISIBLE_HOST, program_closure
-    from coopy.box import BOX_PATH, MountRequest
+    from coopy.request import BOX_PATH, MountRequest
 
     venv = venv.resolve()
     dirs, _ = program_closure(venv / "bin/python", [], home,
@@ -102,7 +102,7 @@ def apply_conda(req: RunRequest, env: str, root: Path | None, *,
                 home: Path | None = None) -> RunRequest:
     """``req`` with the conda root mounted read-only and ``env`` activated (or, for the
     path of a virtual environment, that environment: :func:`apply_venv`)."""
-    from coopy.box import BOX_PATH, MountRequest
+    from coopy.request import BOX_PATH, MountRequest
 
     home = home or Path(os.path.expanduser("~"))
     venv = Path(os.path.expanduser(env))

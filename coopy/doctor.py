@@ -244,8 +244,9 @@ def check_box() -> Check:
     import sys
     from pathlib import Path
 
-    from coopy.box import RunRequest, run
+    from coopy.box import run
     from coopy.errors import CoopyError
+    from coopy.request import RunRequest
 
     saved = sys.stdin
     try:

@@ -269,7 +269,7 @@ def prepare_gpus(request: Request | None, environ: Mapping[str, str], *, cache_d
     ops = plan_gpu(host, gpus, ld_cache, idmap, ld_conf)
     env = box_env(gpus, host, environ)
     if host.binaries:
-        from coopy.box import BOX_PATH
+        from coopy.request import BOX_PATH
 
         env["PATH"] = f"{BOX_PATH}:{GPU_BIN_DIR}"
     locks: tuple[int, ...] = ()

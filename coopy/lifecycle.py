@@ -33,7 +33,8 @@ from coopy.state import (
 )
 
 if TYPE_CHECKING:  # the box machinery is imported only by the verbs that create one
-    from coopy.box import Prepared, RunRequest
+    from coopy.box import Prepared
+    from coopy.request import RunRequest
     from coopy.spawn import Launch
 
 SCROLLBACK = 256 << 10
@@ -255,8 +256,9 @@ def remove(name: str, *, force: bool = False) -> None:
 
 def _remover() -> object:
     """Removes files of subordinate ids (rootless) from inside a user namespace."""
-    from coopy.box import _userns_remover, plan_ids
+    from coopy.box import _userns_remover
     from coopy.facts import probe_host
+    from coopy.request import plan_ids
 
     facts = probe_host()
     if facts.uid == 0 or facts.subuid is None:

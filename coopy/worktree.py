@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from coopy.errors import ConfigError, CoopyError
 
 if TYPE_CHECKING:
-    from coopy.box import RunRequest
+    from coopy.request import RunRequest
 
 
 def common_git_dir(workspace: Path) -> Path | None:
@@ -88,8 +88,8 @@ def apply_worktree(req: RunRequest, name: str, worktree_dir: Path | None,
     """
     import re
 
-    from coopy.box import GIT_GUARDED, MountRequest
     from coopy.paths import state_dir
+    from coopy.request import GIT_GUARDED, MountRequest
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
         raise ConfigError(f"--worktree: {name!r} cannot name a branch and a directory",

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 from coopy.cli._args import Parser, command_of
 
 if TYPE_CHECKING:
-    from coopy.box import RunRequest
     from coopy.config import Config
     from coopy.net import PortMap
+    from coopy.request import RunRequest
 
 EPILOG = """\
 examples:
@@ -102,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
 
 def build_request(args: argparse.Namespace, command: list[str]) -> tuple[RunRequest, Config]:
     """The request (and the config it came from) for the options in ``args``."""
-    from coopy.box import MountRequest, RunRequest
     from coopy.config import expand_env, find_workspace, load_config, parse_mount_spec, parse_size
     from coopy.errors import ConfigError
+    from coopy.request import MountRequest, RunRequest
 
     cwd = Path.cwd()
     # -w names the workspace itself; its coop.toml, if any, is the one in it or above.

@@ -28,7 +28,8 @@ from coopy.idmap import IdMap
 from coopy.image.store import ImageRecord, LayerRef, Store, remove_owned_tree
 
 if TYPE_CHECKING:
-    from coopy.box import Prepared, RunRequest
+    from coopy.box import Prepared
+    from coopy.request import RunRequest
 
 STEP_TYPE = "application/vnd.coopy.setup-step"  # a step's layer: a directory, no blob
 BUILD_TARGET = "/tmp/coopy-build"  # the steps' working directory: on the box's /tmp tmpfs

@@ -200,8 +200,8 @@ def prune(facts: HostFacts, *, everything: bool = False) -> list[str]:
 
 def remove_volume(name: str, facts: HostFacts) -> None:
     """Remove the named volume ``name`` unless a box mounts it."""
-    from coopy.box import plan_ids
     from coopy.errors import ConfigError
+    from coopy.request import plan_ids
 
     path = state_dir() / "volumes" / name
     if "/" in name or name in (".", "..") or not path.is_dir():

@@ -79,7 +79,7 @@ class ImageRecord(NamedTuple):
 
 def default_idmap(facts: HostFacts) -> IdMap | None:
     """The id map of a box of root on this host: what `coopy pull` unpacks for."""
-    from coopy.box import plan_ids
+    from coopy.request import plan_ids
 
     return plan_ids(facts, 0, 0, "auto")
 

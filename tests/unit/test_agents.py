@@ -19,9 +19,9 @@ from coopy.agents import (
     program_closure,
     resolve,
 )
-from coopy.box import BOX_PATH, RunRequest
 from coopy.config import load_config
 from coopy.errors import ConfigError
+from coopy.request import BOX_PATH, RunRequest
 from coopy.trust import project_grants, without_grants
 
 HOME = Path("/home/alice")
@@ -203,7 +203,7 @@ def test_apply_agent_prepares_the_host_and_keeps_user_mounts_last(tmp_path: Path
     home.mkdir()
     (home / ".claude.json").write_text('{"oauthAccount": 1}')
     (program.parent / "claude").symlink_to("codex")
-    from coopy.box import MountRequest
+    from coopy.request import MountRequest
 
     mine = MountRequest(None, "claude-vol", "/root/.claude", False)
     req = RunRequest(command=[], workspace=tmp_path, mounts=(mine,), env={"X": "1"})

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from coopy.box import BOX_PATH, box_hostname, build_env, plan_ids, single_id_warning
+from coopy.box import box_hostname, build_env, single_id_warning
 from coopy.errors import ConfigError, HostError
 from coopy.facts import HostFacts
 from coopy.idmap import IdMap, IdRange, SubRange
+from coopy.request import BOX_PATH, plan_ids
 from tests.unit.hostfacts import host_facts
 
 # RFC 1123 label, as sethostname(2) users expect: letters, digits, inner hyphens, ≤ 63.

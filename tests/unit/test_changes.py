@@ -89,8 +89,8 @@ def test_worktree_paths_and_common_git_dir(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "-x", "a..b", ""])
 def test_worktree_names_are_checked(tmp_path: Path, name: str) -> None:
-    from coopy.box import RunRequest
     from coopy.errors import ConfigError
+    from coopy.request import RunRequest
     from coopy.worktree import apply_worktree
 
     with pytest.raises(ConfigError, match="cannot name a branch"):

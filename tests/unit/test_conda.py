@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from coopy.box import BOX_PATH, RunRequest
 from coopy.conda import PROFILE, apply_conda, env_prefix, find_root
 from coopy.config import load_config
 from coopy.errors import ConfigError
+from coopy.request import BOX_PATH, RunRequest
 from coopy.trust import project_grants, without_grants
 
 
