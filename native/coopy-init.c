@@ -177,9 +177,7 @@ static pid_t start_process(char **cmd, int tty, const int fds[3], int report[2])
 	}
 	if (child == 0) {
 		close(pipefd[0]);
-		/* The command starts with no signal blocked, whatever init inherited (the
-		 * native front end keeps the forwarded ones blocked until init reads them). */
-		sigset_t none;
+		sigset_t none; /* nothing blocked, whatever init inherited (see coopy.c) */
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		for (int s = 1; s < NSIG; s++)

@@ -9,12 +9,14 @@ created or edited, a mount source gone) sends the run back through Python.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,21 @@ def twice(user: BoxUser, *args: str, cwd: Path, new: bool = True, **kw: Any,
     second = user.coopy(*args, cwd=cwd, env=DEBUG, **kw)
     assert HIT in second.stderr, f"not started from the plan: {second.stderr}"
     return first, second
+
+
+@contextlib.contextmanager
+def started(user: BoxUser, args: list[str], cwd: Path, env: dict[str, str],
+            stdout: int = subprocess.DEVNULL) -> Iterator[subprocess.Popen[str]]:
+    """`coopy ARGS` running in the background; killed on the way out if still there."""
+    proc = subprocess.Popen(user.argv(args), cwd=cwd, env=user.env(env),
+                            stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _probe_view(user: BoxUser, ws: Path, *args: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -115,18 +132,11 @@ def test_sigterm_reaches_the_command(box_user: BoxUser) -> None:
     args = ["run", "--net", "none", "--", "sh", "-c", "trap 'echo got-term; exit 3' TERM; "
             "echo ready; while :; do sleep 0.1; done"]
     for _ in range(2):  # the first run writes the plan, the second is started from it
-        proc = subprocess.Popen(box_user.argv(args), cwd=ws, env=box_user.env(DEBUG),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        try:
+        with started(box_user, args, ws, DEBUG, stdout=subprocess.PIPE) as proc:
             assert proc.stdout is not None
             assert proc.stdout.readline() == "ready\n"
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         assert "got-term" in out
         assert proc.returncode == 3
     assert HIT in err
@@ -243,10 +253,7 @@ def test_killed_front_end_leaves_nothing(box_user: BoxUser) -> None:
     args = ["run", "--", "sleep", "60"]
     box_user.coopy("run", "--", "true", cwd=ws, env=DEBUG)  # writes the plan
     for _ in range(2):  # both started from it
-        proc = subprocess.Popen(box_user.argv(args), cwd=ws, env=box_user.env(DEBUG),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        try:
+        with started(box_user, args, ws, DEBUG) as proc:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:  # the box's command is running
                 out = subprocess.run(["pgrep", "-f", "-x", "sleep 60"], capture_output=True,
@@ -259,10 +266,6 @@ def test_killed_front_end_leaves_nothing(box_user: BoxUser) -> None:
             assert helpers, "no children: the box did not start"
             proc.kill()
             proc.wait(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(
                 os.path.exists(f"/proc/{pid}") for pid in helpers):
@@ -282,17 +285,10 @@ def test_a_signal_during_set_up_leaves_nothing(box_user: BoxUser) -> None:
     ws = box_user.workspace()
     box_user.coopy("run", "--", "true", cwd=ws)  # writes the plan
     for delay in (0.0, 0.002, 0.005, 0.01, 0.02, 0.04):
-        proc = subprocess.Popen(box_user.argv(["run", "--", "sleep", "30"]), cwd=ws,
-                                env=box_user.env(), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
+        with started(box_user, ["run", "--", "sleep", "30"], ws, {}) as proc:
             time.sleep(delay)
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         assert proc.returncode in (143, -signal.SIGTERM), (delay, proc.returncode, err)
     # Directories of runs that died before their box existed go with the next run.
     res = box_user.coopy("run", "--", "true", cwd=ws)
