@@ -10,7 +10,7 @@ CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -D_FORTIFY_SOURCE=2 -fstack-protecto
 # Static: PID 1 runs inside any image (musl, distroless) with no loader of its own.
 LDFLAGS += -static
 LIBEXEC := coopy/libexec
-HELPERS := $(LIBEXEC)/coopy-init $(LIBEXEC)/coopy
+HELPERS := $(LIBEXEC)/coopy-init $(LIBEXEC)/coopy-keeper $(LIBEXEC)/coopy
 PYTHON  ?= /usr/bin/python3
 # The test environment lives outside the checkout so the unprivileged test user can use
 # it even when the checkout is under /root.

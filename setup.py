@@ -15,7 +15,7 @@ from setuptools.command.build_py import build_py
 from distutils.command.build_scripts import build_scripts  # setuptools provides it
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HELPERS = ["coopy-init", "coopy"]
+HELPERS = ["coopy-init", "coopy-keeper", "coopy"]
 
 
 class BuildWithNative(build_py):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import select
 import struct
+import time
 from _socket import AF_UNIX, SCM_RIGHTS, SOCK_STREAM, SOL_SOCKET, socket
 
 from coopy import proto
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 DETACH_KEY = 0x1D  # Ctrl+]
 _RECV = 1 << 20  # the keeper sends up to 256 KiB of output per frame
 _IOV_MAX = 1024  # buffers per writev(2) (Linux's UIO_MAXIOV)
+DETACH_WAIT_S = 2.0  # after DETACH, how long the keeper may take to let go of the terminal
 
 
 def parse_detach_key(spec: str) -> int:
@@ -68,7 +70,13 @@ def attach(record: BoxRecord | Running, detach_key: int = DETACH_KEY, *,
         from coopy.term import raw_mode, winch_pipe
 
         rows, cols = _size()
-        sock.sendall(proto.hello(verb, rows=rows, cols=cols, **hello))
+        if os.isatty(1):
+            # The keeper writes the box's output to this terminal itself (a file
+            # description of its own), one hop fewer than DATA frames through us.
+            sock.sendmsg([proto.hello(verb, rows=rows, cols=cols, direct=True, **hello)],
+                         [(SOL_SOCKET, SCM_RIGHTS, struct.pack("i", 1))])
+        else:
+            sock.sendall(proto.hello(verb, rows=rows, cols=cols, **hello))
         with raw_mode(0), winch_pipe() as sig_fd:
             return _loop(sock, sig_fd, detach_key, record)
     finally:
@@ -171,6 +179,7 @@ def _loop(sock: socket, sig_fd: int, detach_key: int, record: BoxRecord | Runnin
                 if before:
                     sock.sendall(proto.encode(T.DATA, before))
                 sock.sendall(proto.encode(T.DETACH))
+                _wait_closed(sock)
                 os.write(1, f"\r\n[detached from {name}: `coopy attach {name}` to come "
                             "back]\r\n".encode())
                 return 0
@@ -199,6 +208,18 @@ def _loop(sock: socket, sig_fd: int, detach_key: int, record: BoxRecord | Runnin
                     told = True
                     os.write(2, f"\r\ncoopy: {frame.payload.decode()}\r\n".encode())
             _write_all(1, *output)
+
+
+def _wait_closed(sock: socket, timeout: float = DETACH_WAIT_S) -> None:
+    """Until the keeper has closed the connection after a DETACH: it closes its copy of
+    this terminal first, so nothing of the box reaches the terminal after we return."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0 and select.select([sock], [], [], left)[0]:
+        try:
+            if not sock.recv(_RECV):
+                return
+        except OSError:
+            return
 
 
 def _write_all(fd: int, *chunks: bytes | memoryview) -> None:

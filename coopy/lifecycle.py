@@ -346,7 +346,7 @@ def _keeper_main(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Pa
         os.umask(old)
     listener.listen(16)
     from coopy.boxfind import proc_start_time
-    from coopy.keeper import Keeper
+    from coopy.keeper import serve
     from coopy.spawn import start
 
     started = start(launch._replace(tty=True, control=True))
@@ -357,8 +357,8 @@ def _keeper_main(launch: Launch, record: BoxRecord, box_dir: Path, sock_path: Pa
     os.write(ready_fd, f"ok {os.getpid()}\n".encode())
     os.close(ready_fd)
     try:
-        Keeper(started, listener, record, box_dir, scrollback, log_max, auto_restart,
-               restart_delay).run()
+        serve(started, listener, record, box_dir, scrollback, log_max, auto_restart,
+              restart_delay)
     finally:
         listener.close()
         with contextlib.suppress(FileNotFoundError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -418,3 +419,60 @@ def test_kill_sends_sigterm_to_every_process_of_the_box(box_user: BoxUser, name:
             proc.kill()
             proc.wait()
     assert (ws / "term-seen").read_text() == "got-term\n"
+
+
+def test_scrollback_is_the_newest_bytes_up_to_its_size(box_user: BoxUser, name: str) -> None:
+    import socket as sk
+
+    from coopy import proto
+
+    ws = box_user.workspace()
+    (ws / "coop.toml").write_text('[session]\nscrollback = "8k"\n')
+    assert box_user.coopy("-d", "-n", name, "--", "sh", "-c",
+                          "seq 1 5000; exec sleep 1000", cwd=ws).returncode == 0
+    deadline = time.monotonic() + TIMEOUT
+    while "5000" not in box_user.coopy("logs", name).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    record = json.loads((box_user.home / ".local/state/coopy/boxes" / name / "box.json")
+                        .read_text())
+    got = b""
+    with sk.socket(sk.AF_UNIX) as s:
+        s.connect(record["socket"])
+        s.sendall(proto.hello("attach", rows=24, cols=80))
+        s.settimeout(0.5)
+        decoder = proto.Decoder()
+        with contextlib.suppress(TimeoutError):
+            while data := s.recv(65536):
+                got += b"".join(f.payload for f in decoder.feed(data) if f.type == proto.T.DATA)
+    assert len(got) == 8192 and got.endswith(b"4999\r\n5000\r\n")
+    # the log has all of it
+    assert box_user.coopy("logs", name).stdout.startswith("1\n2\n3\n")
+    assert box_user.coopy("kill", name).returncode == 0
+
+
+def test_after_a_detach_nothing_of_the_box_reaches_the_terminal(box_user: BoxUser,
+                                                                name: str) -> None:
+    # The keeper writes the box's output to the client's terminal itself; a detach must
+    # leave that terminal alone (and not non-blocking) before the shell gets it back.
+    ws = box_user.workspace()
+    assert box_user.coopy("-d", "-n", name, "--", "sh", "-c",
+                          "while :; do echo tick; sleep 0.005; done", cwd=ws).returncode == 0
+    shell = pexpect.spawn("/bin/sh", cwd=str(ws), env=box_user.env({"PS1": "$ "}),
+                          timeout=TIMEOUT, encoding="utf-8")
+    try:
+        shell.expect(r"\$ ")
+        argv = " ".join(f"'{a}'" for a in box_user.argv(["attach", name]))
+        flags = ("/usr/bin/python3 -c 'import fcntl, os; "
+                 "print(\"nonblock\", fcntl.fcntl(1, fcntl.F_GETFL) & os.O_NONBLOCK)'")
+        shell.sendline(f"{argv}; sleep 0.5; echo after-$((6*7)); {flags}")
+        for _ in range(20):
+            shell.expect("tick")
+        shell.send("\x1d")
+        shell.expect(r"\[detached from \S+: `coopy attach \S+` to come back\]")
+        shell.expect("after-42")
+        assert "tick" not in shell.before
+        shell.expect("nonblock 0")
+    finally:
+        shell.close(force=True)
+    assert box_user.coopy("kill", name).returncode == 0
