@@ -24,6 +24,12 @@ $(LIBEXEC)/%: native/%.c native/common.h
 	@mkdir -p $(LIBEXEC)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS)
 
+# The front end is several files (native/front/front.h says which does what).
+FRONT   := $(sort $(wildcard native/front/*.c))
+$(LIBEXEC)/coopy: $(FRONT) native/front/front.h native/common.h
+	@mkdir -p $(LIBEXEC)
+	$(CC) $(CFLAGS) -o $@ $(FRONT) $(LDFLAGS)
+
 test:
 	./tests/run.sh
 

@@ -1,11 +1,13 @@
 """Builds coopy's native helpers during `pip install` (the rest is in pyproject.toml).
 
-The helpers (native/*.c) are compiled by the Makefile's `native` target into
-coopy/libexec/, then copied into the wheel; the wheel is marked platform-specific.
+The helpers (native/coopy-init.c, and the front end `coopy` from native/front/*.c) are
+compiled by the Makefile's `native` target into coopy/libexec/, then copied into the
+wheel; the wheel is marked platform-specific.
 coop.toml.example and the recipes of rootfs/ are copied in too (coopy/recipes/).
 Nothing is looked up in the source tree at run time.
 """
 
+import glob
 import os
 import shutil
 import subprocess
@@ -16,6 +18,13 @@ from distutils.command.build_scripts import build_scripts  # setuptools provides
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPERS = ["coopy-init", "coopy-keeper", "coopy"]
+
+
+def sources(name):
+    """A helper's C files: native/NAME.c; the front end's, native/front/*.c."""
+    if name == "coopy":
+        return sorted(glob.glob(os.path.join(HERE, "native", "front", "*.c")))
+    return [os.path.join(HERE, "native", f"{name}.c")]
 
 
 class BuildWithNative(build_py):
@@ -29,7 +38,7 @@ class BuildWithNative(build_py):
                     [os.environ.get("CC", "cc"), "-O2", "-std=gnu11", "-Wall", "-Wextra",
                      "-Werror", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong",
                      "-o", os.path.join(HERE, "coopy", "libexec", name),
-                     os.path.join(HERE, "native", f"{name}.c"), "-static"],
+                     *sources(name), "-static"],
                     check=True,
                 )
         super().run()
@@ -51,7 +60,7 @@ class BuildWithNative(build_py):
 
 
 class NativeFrontEnd(build_scripts):
-    """Installs the native front end (native/coopy.c) as the `coopy` command.
+    """Installs the native front end (native/front/) as the `coopy` command.
 
     distutils would read a script's first line as text to rewrite a shebang; a
     compiled program has none, so it is copied as it is.
@@ -76,5 +85,5 @@ class NativeDistribution(Distribution):
 setup(
     cmdclass={"build_py": BuildWithNative, "build_scripts": NativeFrontEnd},
     distclass=NativeDistribution,
-    scripts=["native/coopy.c"],  # marks the wheel as having a script: see NativeFrontEnd
+    scripts=["native/front/main.c"],  # marks the wheel as having a script: see NativeFrontEnd
 )

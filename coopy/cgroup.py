@@ -286,7 +286,7 @@ def end_box(procs_dir: str | None) -> None:
 def plan_record(procs_dir: str, box_dir: Path, limits: Limits,
                 ) -> tuple[str, str, list[tuple[str, str]]]:
     """What the native front end needs to make a box's cgroup as :func:`create_box` made
-    this one (native/coopy.c, ``cgroup`` and ``cglimit`` records): the parent, the name
+    this one (native/front/cgroup.c, ``cgroup`` and ``cglimit`` records): the parent, the name
     prefix (the run id follows), the limit files."""
     path = os.path.dirname(procs_dir)
     on = frozenset(c for c in CONTROLLERS if os.path.exists(f"{path}/{c}.max"))

@@ -1,6 +1,6 @@
 """The plan cache: what lets the native front end start a box without Python.
 
-``coopy`` is a small C program (native/coopy.c).  For ``coopy run`` it hashes the
+``coopy`` is a small C program (native/front/).  For ``coopy run`` it hashes the
 invocation (its arguments, working directory, environment, uid, boot and its own build)
 and looks for ``<state>/plans/<key>``.  On a miss it runs this CLI with the key in
 ``COOPY_PLAN_KEY``; this module then watches the run being resolved and, just before the
@@ -9,7 +9,7 @@ map, the mount plan, the box directory's prepared content, the environment, coop
 arguments, the seccomp program — and the signature (lstat/stat) of every host file and
 directory the resolution looked at, so that any change to any of them (a coop.toml
 created or edited, /etc/passwd, the trust store, an image re-pulled…) makes the plan
-stale.  The record format is documented at the top of native/coopy.c.
+stale.  The record format is documented at the top of native/front/front.h.
 
 What was looked at is observed, not listed by hand: an audit hook sees every file
 opened and every directory listed, and ``os.stat``/``lstat``/``access``/``readlink`` are
@@ -132,7 +132,7 @@ class _Watched:
 
 
 def signature(path: str, *, listed: bool = False) -> tuple[str, str]:
-    """(lstat, stat) signatures of ``path`` as native/coopy.c computes them."""
+    """(lstat, stat) signatures of ``path`` as native/front/plan.c computes them."""
     lsig, st = _sig(path, os.lstat, listed)
     if st is not None and stat.S_ISLNK(st.st_mode):
         return lsig, _sig(path, os.stat, listed)[0]

@@ -43,10 +43,9 @@
  * capabilities from the bounding set and sets no_new_privs, (2) blocks all signals,
  * (3) forks COMMAND in its own session, (4) learns through a CLOEXEC pipe whether exec
  * worked (EOF means it did; otherwise the child wrote its stage and errno), (5) forwards
- * the signals it receives
- * to COMMAND, reaps every orphan (it is the box's reaper), and (6) exits with COMMAND's
- * status: its exit code, or 128+N when signal N killed it.  Exec failures exit 127 (not
- * found) or 126 (cannot execute), as shells and Docker do.
+ * the signals it receives to COMMAND, reaps every orphan (it is the box's reaper), and
+ * (6) exits with COMMAND's status: its exit code, or 128+N when signal N killed it.  Exec
+ * failures exit 127 (not found) or 126 (cannot execute), as shells and Docker do.
  *
  * The kernel ignores signals without a handler sent to a pid namespace's init, so a
  * plain program as PID 1 would ignore SIGTERM; tini and dumb-init exist for that reason.
@@ -177,7 +176,7 @@ static pid_t start_process(char **cmd, int tty, const int fds[3], int report[2])
 	}
 	if (child == 0) {
 		close(pipefd[0]);
-		sigset_t none; /* nothing blocked, whatever init inherited (see coopy.c) */
+		sigset_t none; /* nothing blocked, whatever init inherited (see front/main.c) */
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		for (int s = 1; s < NSIG; s++)
@@ -294,8 +293,7 @@ static void handle_control(int ctl)
 			nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
 			memcpy(fds, CMSG_DATA(c), (size_t)(nfds > 3 ? 3 : nfds) * sizeof(int));
 		}
-	/* Split "X\0ID\0..." into fields. */
-	int argc = 0;
+	int argc = 0; /* split "X\0ID\0..." into fields */
 	for (char *p = msg; p < msg + n && argc < MAX_ARGS; p += strlen(p) + 1)
 		margv[argc++] = p;
 	margv[argc] = NULL;

@@ -97,7 +97,7 @@ class BoxUser:
             "LANG": "C.UTF-8",
             "TERM": "xterm",
             # A run started from a plan that fails says so instead of quietly going
-            # through Python again: no test passes by that fallback (native/coopy.c).
+            # through Python again: no test passes by that fallback (native/front/).
             "COOPY_PLAN_STRICT": "1",
         }
         env.update(extra or {})

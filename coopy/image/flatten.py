@@ -4,7 +4,7 @@ overlayfs stacks at most 500 lower layers (``OVL_MAX_STACK``), and the box adds 
 its own (``image-etc``).  Boxes of root meet a lower limit first: the parent clones each
 image layer (``open_tree``) and passes the fds to the box's process in one SCM_RIGHTS
 message of at most 200 fds, next to the id-mapped binds, with their paths (64 KiB:
-coopy/spawn.py, native/coopy.c).  An image with
+coopy/spawn.py, native/front/).  An image with
 more layers than the box may stack keeps its top layers as they are and has the rest
 merged, as overlayfs would show them (whiteouts and opaque directories applied: nothing
 is below), into one *flattened* layer, ``layers/<map>/<key>`` with ``key = sha256`` of

@@ -1,7 +1,7 @@
 """The plan cache: `coopy run` started by the native front end without Python.
 
 The first run of an invocation goes through Python and writes a plan; the same
-invocation again is started from it (native/coopy.c).  These tests run each case twice
+invocation again is started from it (native/front/).  These tests run each case twice
 and assert that the second run came from the plan and that the box it made is the same
 box, seen from inside by the probe; then that every change that matters (a coop.toml
 created or edited, a mount source gone) sends the run back through Python.
