@@ -24,7 +24,13 @@ $(LIBEXEC)/%: native/%.c native/common.h
 	@mkdir -p $(LIBEXEC)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS)
 
-# The front end is several files (native/front/front.h says which does what).
+# The keeper's relay and the front end are several files each (their header says which
+# does what).
+KEEPER  := $(sort $(wildcard native/keeper/*.c))
+$(LIBEXEC)/coopy-keeper: $(KEEPER) native/keeper/keeper.h native/common.h
+	@mkdir -p $(LIBEXEC)
+	$(CC) $(CFLAGS) -o $@ $(KEEPER) $(LDFLAGS)
+
 FRONT   := $(sort $(wildcard native/front/*.c))
 $(LIBEXEC)/coopy: $(FRONT) native/front/front.h native/common.h
 	@mkdir -p $(LIBEXEC)

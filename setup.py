@@ -20,10 +20,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 HELPERS = ["coopy-init", "coopy-keeper", "coopy"]
 
 
+MULTI = {"coopy": "front", "coopy-keeper": "keeper"}  # helpers of several files: their dir
+
+
 def sources(name):
-    """A helper's C files: native/NAME.c; the front end's, native/front/*.c."""
-    if name == "coopy":
-        return sorted(glob.glob(os.path.join(HERE, "native", "front", "*.c")))
+    """A helper's C files: native/NAME.c, or native/DIR/*.c for those in MULTI."""
+    if name in MULTI:
+        return sorted(glob.glob(os.path.join(HERE, "native", MULTI[name], "*.c")))
     return [os.path.join(HERE, "native", f"{name}.c")]
 
 

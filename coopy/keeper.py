@@ -3,8 +3,8 @@
 The keeper process (started by :func:`coopy.lifecycle.launch_keeper`) is the parent of
 the box's processes, so a keeper killed with SIGKILL takes its box with it (PDEATHSIG).
 It is two processes: this module, the box's parent, which waits for the box and keeps its
-record; and its child, native/coopy-keeper.c, which holds the PTY masters, a scrollback
-ring and the log of each, and serves the clients on the box's 0600 unix socket
+record; and its child coopy-keeper (native/keeper/), which holds the PTY masters, a
+scrollback ring and the log of each, and serves the clients on the box's 0600 unix socket
 (:mod:`coopy.proto`).  The relay is C because every 4 KiB a PTY gives passes through it:
 in Python its per-chunk work held the relay to about half of a raw PTY (docs/design.md).
 When the box's command exits, this side tells the child the status (the child tells the
@@ -12,7 +12,7 @@ clients, having read what the terminals still held), records it and removes the 
 The box's directory (its upper layer) stays until ``coopy rm``.
 
 The contract with the child (argv, fds, the link's messages) is written at the top of
-native/coopy-keeper.c.
+native/keeper/keeper.h.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def relay_path() -> str:
 def relay_argv(started: Started, listener: socket.socket, link: socket.socket,
                record: BoxRecord, box_dir: Path, scrollback: int, log_max: int,
                auto_restart: bool, restart_delay: float) -> list[str]:
-    """coopy-keeper's command line (its contract: native/coopy-keeper.c)."""
+    """coopy-keeper's command line (its contract: native/keeper/keeper.h)."""
     assert started.master is not None
     control = started.control.fileno() if started.control is not None else -1
     return [relay_path(), str(listener.fileno()), str(control), str(link.fileno()),

@@ -11,6 +11,7 @@ examples:
   coopy logs               this workspace's box
   coopy logs -n 50 review  its last 50 lines
   coopy logs -f            follow while the box runs
+  coopy logs --shell 2     what shell 2 printed (`coopy shell ls` lists them)
   coopy logs --net review  what its network proxy allowed and denied
 """
 
@@ -22,6 +23,8 @@ def parser() -> Parser:
     p.add_argument("-n", "--lines", type=int, default=None, help="only the last N lines")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing while it runs")
     p.add_argument("--strip", action="store_true", help="remove ANSI escape sequences")
+    p.add_argument("--shell", type=int, metavar="ID",
+                   help="a shell's log instead of the agent's (its ID from `coopy shell ls`)")
     p.add_argument("--net", action="store_true",
                    help="the network's log instead: the allow proxy's ALLOW/DENY lines, "
                    "or the NAT helper's messages")
@@ -35,10 +38,18 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from coopy.cli.attach import default_box
+    from coopy.errors import ConfigError
     from coopy.lifecycle import find
     from coopy.state import keeper_alive
 
+    if args.shell is not None and args.net:
+        raise ConfigError("coopy logs: --shell and --net are two different logs",
+                          hint="give one of them")
     box_dir, record = find(default_box(args.box))
+    parts, current = log_files(args.shell, args.net)
+    if args.shell is not None and not any((box_dir / name).exists() for name in parts):
+        raise ConfigError(f"box {record.name!r} has no shell {args.shell}",
+                          hint=f"`coopy shell ls {record.name}` lists its shells")
     ansi = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 
     def out(data: bytes) -> None:
@@ -46,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.buffer.flush()
 
     data = b""
-    for name in (("net.log",) if args.net else ("log.1", "log")):
+    for name in parts:
         try:
             data += (box_dir / name).read_bytes()
         except FileNotFoundError:
@@ -56,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     out(data)
     if not args.follow:
         return 0
-    path = box_dir / ("net.log" if args.net else "log")
+    path = box_dir / current
     pos = path.stat().st_size if path.exists() else 0
     while keeper_alive(record):
         time.sleep(0.1)
@@ -73,3 +84,13 @@ def run(args: argparse.Namespace) -> int:
             pos = size
             out(chunk)
     return 0
+
+
+def log_files(shell: int | None = None, net: bool = False) -> tuple[tuple[str, ...], str]:
+    """A box's log, as file names in its directory: the parts in order (the rotated one
+    first), and the one being written (coopy-keeper: log → log.1, shell-N.log → shell-N.1)."""
+    if net:
+        return ("net.log",), "net.log"
+    if shell is not None:
+        return (f"shell-{shell}.1", f"shell-{shell}.log"), f"shell-{shell}.log"
+    return ("log.1", "log"), "log"

@@ -102,10 +102,11 @@ def _run(args: argparse.Namespace | SimpleNamespace, words: list[str], login: li
         if words[0] == "logs":
             import sys
 
-            for suffix in (".1", ".log"):  # the rotated part (if any), then the current
-                path = box_dir / f"shell-{words[1]}{suffix}"
-                if path.exists():
-                    sys.stdout.buffer.write(path.read_bytes())
+            from coopy.cli.logs import log_files
+
+            for name in log_files(int(words[1]))[0]:  # the rotated part (if any), the current
+                if (box_dir / name).exists():
+                    sys.stdout.buffer.write((box_dir / name).read_bytes())
             return 0
         return attach(record, parse_detach_key(args.detach_keys), pty=int(words[1]))
     if words and words[0] == "ls":

@@ -250,6 +250,9 @@ def test_shell_attach_and_logs_by_id(box_user: BoxUser, name: str) -> None:
         c.close(force=True)
     (shell,) = json.loads(box_user.coopy("shell", "ls", name, "--json").stdout)
     assert "by-id-25" in box_user.coopy("shell", "logs", str(shell["id"]), name).stdout
+    assert "by-id-25" in box_user.coopy("logs", "--shell", str(shell["id"]), name).stdout
+    missing = box_user.coopy("logs", "--shell", "99", name)
+    assert missing.returncode == 125 and "has no shell 99" in missing.stderr
     c = spawn(box_user, ["shell", "attach", str(shell["id"]), name], ws)
     try:
         c.expect("by-id-25")

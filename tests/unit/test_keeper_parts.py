@@ -1,5 +1,5 @@
 """Pure pieces of the keeper's client: detach keys.  (The keeper's scrollback ring and
-its stall timeout are C now, native/coopy-keeper.c: tests/integration/test_boxes.py and
+its stall timeout are C now, native/keeper/: tests/integration/test_boxes.py and
 test_backpressure.py try them.)"""
 
 from __future__ import annotations
