@@ -135,6 +135,9 @@ enum { K_LISTEN = 1, K_CONTROL, K_LINK, K_PTY, K_CLIENT, K_TTY };
 
 extern struct pty ptys[MAX_PTYS];
 extern struct client clients[MAX_CLIENTS];
+/* Slots at and above these are unused: the loops over ptys and clients (several per 4 KiB
+ * of output) stop there rather than walking the whole tables. */
+extern int ptys_in_use, clients_in_use;
 extern int ep, listen_fd, control, link_fd, init_pidfd;
 extern size_t scrollback;
 extern off_t log_max;

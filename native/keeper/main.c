@@ -6,6 +6,7 @@
 
 struct pty ptys[MAX_PTYS];
 struct client clients[MAX_CLIENTS];
+int ptys_in_use, clients_in_use;
 int ep, listen_fd, control = -1, link_fd, init_pidfd = -1;
 size_t scrollback;
 off_t log_max;
@@ -26,13 +27,13 @@ static int timeout_ms(void)
 	for (int i = 0; i < 2; i++)
 		if (times[i] >= 0 && (soonest < 0 || times[i] < soonest))
 			soonest = times[i];
-	for (int i = 0; i < MAX_PTYS; i++)
+	for (int i = 0; i < ptys_in_use; i++)
 		if (ptys[i].used && ptys[i].log.len) {
 			int64_t t = ptys[i].log_since + LOG_DELAY_MS;
 			if (soonest < 0 || t < soonest)
 				soonest = t;
 		}
-	for (int i = 0; i < MAX_CLIENTS; i++)
+	for (int i = 0; i < clients_in_use; i++)
 		if (clients[i].used && queued(&clients[i]) >= HIGH_WATER) {
 			int64_t t = clients[i].since + stall;
 			if (soonest < 0 || t < soonest)
@@ -46,7 +47,7 @@ static int timeout_ms(void)
 static void timers(void)
 {
 	int64_t now = now_ms();
-	for (int i = 0; i < MAX_CLIENTS; i++) {
+	for (int i = 0; i < clients_in_use; i++) {
 		struct client *c = &clients[i];
 		if (c->used && queued(c) >= HIGH_WATER && now - c->since >= stall) {
 			/* It has taken nothing for that long while its PTY waited on it (a frozen
@@ -56,7 +57,7 @@ static void timers(void)
 			client_drop(c);
 		}
 	}
-	for (int i = 0; i < MAX_PTYS; i++)
+	for (int i = 0; i < ptys_in_use; i++)
 		if (ptys[i].used && ptys[i].log.len && now - ptys[i].log_since >= LOG_DELAY_MS)
 			log_flush(&ptys[i]);
 	if (restart_at >= 0 && now >= restart_at) {
@@ -85,7 +86,7 @@ static void from_link(void)
 /* The box has ended: what its terminals still hold, then EXIT to every client. */
 static void finish(void)
 {
-	for (int i = 0; i < MAX_PTYS; i++) {
+	for (int i = 0; i < ptys_in_use; i++) {
 		struct pty *p = &ptys[i];
 		for (int k = 0; p->used && !p->drained && k < 1024; k++) {
 			size_t len = p->ring_len, end = p->ring_end;
@@ -96,7 +97,7 @@ static void finish(void)
 		if (p->used)
 			log_flush(p);
 	}
-	for (int i = 0; i < MAX_CLIENTS; i++) {
+	for (int i = 0; i < clients_in_use; i++) {
 		struct client *c = &clients[i];
 		if (!c->used)
 			continue;

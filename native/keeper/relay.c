@@ -13,7 +13,7 @@ void watch(int fd, int op, unsigned events, uint64_t tag)
 
 struct pty *find_pty(int id)
 {
-	for (int i = 0; i < MAX_PTYS; i++)
+	for (int i = 0; i < ptys_in_use; i++)
 		if (ptys[i].used && ptys[i].id == id)
 			return &ptys[i];
 	return NULL;
@@ -43,6 +43,7 @@ struct pty *pty_new(int id, int master, int shell, const char *log_name)
 			continue;
 		memset(p, 0, sizeof *p);
 		p->used = 1;
+		ptys_in_use = i + 1 > ptys_in_use ? i + 1 : ptys_in_use;
 		p->id = id;
 		p->master = master;
 		p->shell = shell;
@@ -253,6 +254,8 @@ void client_drop(struct client *c)
 	free(c->command.v);
 	int pty = c->pty;
 	memset(c, 0, sizeof *c);
+	while (clients_in_use && !clients[clients_in_use - 1].used)
+		clients_in_use--;
 	struct pty *p = pty >= 0 ? find_pty(pty) : NULL;
 	if (p && p->paused)
 		pace(p);
@@ -263,7 +266,7 @@ void client_drop(struct client *c)
 static void pace(struct pty *p)
 {
 	size_t most = 0;
-	for (int i = 0; i < MAX_CLIENTS; i++)
+	for (int i = 0; i < clients_in_use; i++)
 		if (clients[i].used && clients[i].pty == p->id && queued(&clients[i]) > most)
 			most = queued(&clients[i]);
 	int paused = most >= HIGH_WATER || (p->paused && most >= LOW_WATER);
@@ -289,6 +292,8 @@ static void pty_close(struct pty *p)
 	argv_set(&p->command, NULL, 0);
 	free(p->command.v);
 	memset(p, 0, sizeof *p);
+	while (ptys_in_use && !ptys[ptys_in_use - 1].used)
+		ptys_in_use--;
 }
 
 /* A shell whose process exited and whose output is drained: tell, forget. */
@@ -296,7 +301,7 @@ void maybe_finish(struct pty *p)
 {
 	if (p->status < 0 || !p->drained)
 		return;
-	for (int i = 0; i < MAX_CLIENTS; i++) {
+	for (int i = 0; i < clients_in_use; i++) {
 		struct client *c = &clients[i];
 		if (c->used && c->pty == p->id) {
 			send_int(c, T_EXIT, p->status);
@@ -310,7 +315,7 @@ static void output(struct pty *p, const char *data, size_t n)
 {
 	keep(p, data, n);
 	int behind = 0;
-	for (int i = 0; i < MAX_CLIENTS; i++) {
+	for (int i = 0; i < clients_in_use; i++) {
 		struct client *c = &clients[i];
 		if (c->used && c->pty == p->id && !c->closing) {
 			send_frame(c, T_DATA, data, n);

@@ -140,7 +140,7 @@ void from_init(void)
 	char kind = f[0][0];
 	int ident = atoi(f[1]);
 	struct client *c = NULL;
-	for (int i = 0; i < MAX_CLIENTS; i++)
+	for (int i = 0; i < clients_in_use; i++)
 		if (clients[i].used && clients[i].pending == ident + 1)
 			c = &clients[i];
 	if (c)
@@ -195,7 +195,7 @@ void from_init(void)
 			done->status = status;
 			maybe_finish(done);
 		}
-		for (int i = 0; i < MAX_CLIENTS; i++)
+		for (int i = 0; i < clients_in_use; i++)
 			if (clients[i].used && clients[i].exec_id == ident) {
 				send_int(&clients[i], T_EXIT, status);
 				client_final(&clients[i]);
@@ -212,7 +212,7 @@ static void info(struct client *c)
 	struct bytes out = { 0 };
 	char num[64];
 	int agent_clients = 0;
-	for (int i = 0; i < MAX_CLIENTS; i++)
+	for (int i = 0; i < clients_in_use; i++)
 		agent_clients += clients[i].used && clients[i].pty == 0;
 	bytes_add(&out, "{\"name\": ", 9);
 	json_str(&out, box_name);
@@ -220,12 +220,12 @@ static void info(struct client *c)
 		 agent_clients);
 	bytes_add(&out, num, strlen(num));
 	int first = 1;
-	for (int i = 0; i < MAX_PTYS; i++) {
+	for (int i = 0; i < ptys_in_use; i++) {
 		struct pty *p = &ptys[i];
 		if (!p->used || !p->shell || p->status >= 0)
 			continue;
 		int n = 0;
-		for (int k = 0; k < MAX_CLIENTS; k++)
+		for (int k = 0; k < clients_in_use; k++)
 			n += clients[k].used && clients[k].pty == p->id;
 		snprintf(num, sizeof num, "%s{\"id\": %d, \"command\": ", first ? "" : ", ", p->id);
 		bytes_add(&out, num, strlen(num));
@@ -296,7 +296,7 @@ static void hello(struct client *c, const char *payload, size_t n)
 		int shell = h.verb[0] == 's';
 		struct argv *command = &h.command;
 		if (shell && !h.new && !command->n) {
-			for (int i = 0; i < MAX_PTYS; i++)
+			for (int i = 0; i < ptys_in_use; i++)
 				if (ptys[i].used && ptys[i].shell && ptys[i].status < 0) {
 					attach_to(c, &ptys[i], h.rows, h.cols);
 					goto out;
@@ -464,6 +464,7 @@ void accept_client(void)
 			continue;
 		memset(c, 0, sizeof *c);
 		c->used = 1;
+		clients_in_use = i + 1 > clients_in_use ? i + 1 : clients_in_use;
 		c->fd = fd;
 		c->pty = -1;
 		c->exec_id = -1;
