@@ -41,13 +41,14 @@ int64_t now_ms(void)
 void bytes_add(struct bytes *b, const void *data, size_t n)
 {
 	if (b->head + b->len + n > b->cap) {
-		if (b->head) {
+		/* Move what is queued to the front only when that frees half the buffer or
+		 * more, else grow: a queue kept near full would move all of itself per add. */
+		if (b->head && b->len + n <= b->cap / 2) {
 			memmove(b->p, b->p + b->head, b->len);
 			b->head = 0;
-		}
-		if (b->len + n > b->cap) {
+		} else {
 			b->cap = b->cap ? b->cap : 4096;
-			while (b->cap < b->len + n)
+			while (b->cap < b->head + b->len + n || b->cap < 2 * (b->len + n))
 				b->cap *= 2;
 			b->p = xrealloc(b->p, b->cap);
 		}
