@@ -43,6 +43,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
@@ -75,6 +76,7 @@ enum { T_HELLO = 1, T_DATA, T_RESIZE, T_DETACH, T_EXIT, T_ERROR, T_INFO, T_KILL,
 #define CRASH_WINDOW_MS 5000
 #define KILL_AFTER_MS 10000 /* a restart's SIGTERM becomes SIGKILL */
 #define MAX_ARGS 256
+#define QUEUE_KEEP (256u << 10) /* an emptied byte queue bigger than this is freed */
 
 /* A byte queue: appended at the tail, taken from the head. */
 struct bytes {

@@ -125,6 +125,9 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	/* Big queues come from mmap and go back to the system when freed (glibc's threshold
+	 * would otherwise rise after the first such free, keeping bursts in the heap). */
+	mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 	signal(SIGPIPE, SIG_IGN);
 	listen_fd = atoi(argv[1]);
 	control = atoi(argv[2]);

@@ -41,14 +41,16 @@ int64_t now_ms(void)
 void bytes_add(struct bytes *b, const void *data, size_t n)
 {
 	if (b->head + b->len + n > b->cap) {
-		/* Move what is queued to the front only when that frees half the buffer or
-		 * more, else grow: a queue kept near full would move all of itself per add. */
-		if (b->head && b->len + n <= b->cap / 2) {
+		/* Move what is queued to the front only when it is no more than what that
+		 * frees (each byte moved paid for by one taken), else grow: a queue kept near
+		 * full would otherwise move all of itself on every add. */
+		if (b->head && b->head >= b->len) {
 			memmove(b->p, b->p + b->head, b->len);
 			b->head = 0;
-		} else {
+		}
+		if (b->head + b->len + n > b->cap) {
 			b->cap = b->cap ? b->cap : 4096;
-			while (b->cap < b->head + b->len + n || b->cap < 2 * (b->len + n))
+			while (b->cap < b->head + b->len + n)
 				b->cap *= 2;
 			b->p = xrealloc(b->p, b->cap);
 		}
@@ -61,8 +63,14 @@ void bytes_take(struct bytes *b, size_t n)
 {
 	b->head += n;
 	b->len -= n;
-	if (!b->len)
+	if (!b->len) {
 		b->head = 0;
+		if (b->cap > QUEUE_KEEP) { /* a burst is over: give its memory back */
+			free(b->p);
+			b->p = NULL;
+			b->cap = 0;
+		}
+	}
 }
 
 /* Write what b holds to fd until it would block: what was written, or -1 when fd is
