@@ -479,3 +479,41 @@ def test_after_a_detach_nothing_of_the_box_reaches_the_terminal(box_user: BoxUse
     finally:
         shell.close(force=True)
     assert box_user.coopy("kill", name).returncode == 0
+
+
+SCAN_TTYS = r"""
+import os, stat
+box_pts = os.stat("/dev/pts/ptmx").st_dev
+leaks = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        continue
+    for fd in fds:
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if stat.S_ISCHR(st.st_mode) and 136 <= os.major(st.st_rdev) <= 143 \
+                and st.st_dev != box_pts:
+            leaks.append(f"{pid}:{fd}")
+print("terminals-from-outside", len(leaks), *leaks)
+"""
+
+
+def test_the_clients_terminal_never_enters_the_box(box_user: BoxUser, name: str) -> None:
+    # The keeper holds the attached client's terminal to write output to it; no process
+    # of the box may hold a terminal other than those of the box's own devpts.
+    ws = box_user.workspace()
+    (ws / "scan.py").write_text(SCAN_TTYS)
+    c = spawn(box_user, ["-n", name, "--", "sh"], ws)
+    try:
+        c.expect("# ")
+        c.sendline("python3 scan.py")
+        c.expect(r"terminals-from-outside (\d+)")
+        assert c.match.group(1) == "0", c.buffer
+        c.sendline("exit 0")
+        c.expect(pexpect.EOF)
+    finally:
+        c.close(force=True)
