@@ -12,11 +12,12 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from coopy.errors import STATE_FS_HINT, ConfigError, CoopyError, HostError
 from coopy.facts import HostFacts
 from coopy.idmap import IdMap, build_workspace_idmap
+from coopy.prepared import Prepared
 from coopy.request import (
     BOX_PATH,
     ENV_PASSTHROUGH,
@@ -28,8 +29,6 @@ from coopy.request import (
 
 if TYPE_CHECKING:  # imported where used, at run time: start-up cost
     from coopy.gpubox import BoxGpus
-    from coopy.net import NetSetup
-    from coopy.ops import Op
     from coopy.plan import BoxSpec
     from coopy.rootfs import BoxUser
     from coopy.spawn import Launch
@@ -158,20 +157,6 @@ def _resolve_mounts(
     return out, create
 
 
-class Prepared(NamedTuple):
-    """A validated box, its directory prepared, ready to start."""
-
-    req: RunRequest
-    facts: HostFacts
-    spec: BoxSpec
-    ops: tuple[Op, ...]
-    idmap: IdMap | None
-    user: BoxUser
-    box_dir: Path
-    network: NetSetup | None = None
-    gpus: BoxGpus | None = None
-
-
 def run(req: RunRequest) -> int:
     """``coopy run``: an ephemeral box, the command in the foreground, its status back."""
     from coopy.state import RunDir
@@ -229,7 +214,8 @@ def _with_box(
         if req.setup:
             from coopy.image.build import ensure_built
 
-            image_layers = ensure_built(req, record, idmap, facts, quiet=True) + image_layers
+            image_layers = ensure_built(req, record, idmap, facts, run_prepared,
+                                        quiet=True) + image_layers
         image_layers = fit_layers(record, image_layers, idmap, facts)  # overlay's limit
         req = req._replace(env={**image_env(record), **req.env})
 

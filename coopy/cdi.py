@@ -18,7 +18,7 @@ import json
 import os
 from typing import Any
 
-from coopy.gpu import Gpu, GpuFile, GpuHost, driver_version, join
+from coopy.gpuhost import Gpu, GpuFile, GpuHost, driver_version, join
 
 CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
 KIND = "nvidia.com/gpu"

@@ -20,15 +20,14 @@ from coopy.gpu import (
     GPU_BIN_DIR,
     GPU_DIR,
     GPU_LIB_DIR,
-    Gpu,
     GpuError,
-    GpuHost,
     Request,
     box_env,
     discover,
     select_gpus,
     shm_default,
 )
+from coopy.gpuhost import Gpu, GpuHost
 from coopy.ops import Bind, Op, Symlink, Tmpfs
 
 # Locks are machine-wide so that two users' boxes do not share a GPU either.  They are

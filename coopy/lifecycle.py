@@ -33,7 +33,7 @@ from coopy.state import (
 )
 
 if TYPE_CHECKING:  # the box machinery is imported only by the verbs that create one
-    from coopy.box import Prepared
+    from coopy.prepared import Prepared
     from coopy.request import RunRequest
     from coopy.spawn import Launch
 

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from coopy.box import Prepared
     from coopy.net import NetSetup
+    from coopy.prepared import Prepared
     from coopy.spawn import Launch
 
 MAGIC = "coopy-plan 1"

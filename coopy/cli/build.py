@@ -35,7 +35,7 @@ def parser() -> Parser:
 
 def run(args: argparse.Namespace) -> int:
     """Pull the image if needed, run the steps that are not cached."""
-    from coopy.box import box_ids
+    from coopy.box import box_ids, run_prepared
     from coopy.cli.run import build_request
     from coopy.errors import ConfigError
     from coopy.facts import probe_host
@@ -51,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
     _, idmap, _ = box_ids(facts, request.user, request.userns)
     record = ensure_image(request.image, facts=facts, idmap=idmap, platform=request.platform,
                           insecure=request.insecure, workspace=request.workspace)
-    layers = ensure_built(request, record, idmap, facts, no_cache=args.no_cache)
+    layers = ensure_built(request, record, idmap, facts, run_prepared, no_cache=args.no_cache)
     print(f"{record.name}: {len(record.layers)} layers + {len(layers)} setup steps, ready")
     return 0

@@ -28,7 +28,7 @@ from coopy.idmap import IdMap
 from coopy.image.store import ImageRecord, LayerRef, Store, remove_owned_tree
 
 if TYPE_CHECKING:
-    from coopy.box import Prepared
+    from coopy.prepared import Prepared, RunPrepared
     from coopy.request import RunRequest
 
 STEP_TYPE = "application/vnd.coopy.setup-step"  # a step's layer: a directory, no blob
@@ -46,8 +46,11 @@ def step_keys(record: ImageRecord, setup: Sequence[str]) -> list[str]:
 
 
 def ensure_built(req: RunRequest, record: ImageRecord, idmap: IdMap | None, facts: HostFacts,
-                 *, no_cache: bool = False, quiet: bool = False) -> tuple[str, ...]:
-    """The layers of ``req.setup`` on ``record`` (top first), running the missing steps."""
+                 run: RunPrepared, *, no_cache: bool = False,
+                 quiet: bool = False) -> tuple[str, ...]:
+    """The layers of ``req.setup`` on ``record`` (top first), running the missing steps
+    as boxes with ``run`` (coopy.box.run_prepared: given, so that this module and the
+    runner that calls it do not import each other)."""
     store = Store()
     keys = step_keys(record, req.setup)
     paths = [store.layer_path(key, idmap) for key in keys]
@@ -61,7 +64,7 @@ def ensure_built(req: RunRequest, record: ImageRecord, idmap: IdMap | None, fact
                 _say(f"step {i + 1}/{len(keys)}: {command} (cached)")
             continue
         _say(f"step {i + 1}/{len(keys)}: {command}")
-        _run_step(req, i, paths[i], idmap, facts)
+        _run_step(req, i, paths[i], idmap, facts, run)
     if keys and (first_missing < len(keys) or store.get(built_name(record, keys)) is None):
         # A record of the chain: `coopy images` lists it, `system prune` keeps its layers.
         steps = tuple(LayerRef(key, STEP_TYPE, 0) for key in keys)
@@ -76,10 +79,8 @@ def built_name(record: ImageRecord, keys: Sequence[str]) -> str:
 
 
 def _run_step(req: RunRequest, index: int, dest: Path, idmap: IdMap | None,
-              facts: HostFacts) -> None:
+              facts: HostFacts, run_prepared: RunPrepared) -> None:
     import tempfile
-
-    from coopy.box import run_prepared
 
     # An empty directory of its own: setup commands see no project and no host /tmp.
     workspace = Path(tempfile.mkdtemp(prefix="coopy-build-"))

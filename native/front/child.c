@@ -63,15 +63,6 @@ ssize_t recv_msg(int sock, char *buf, size_t size, int *fds, int *nfds)
 	return n;
 }
 
-/* A child's failure: said on the error pipe (P reads it), then exit 125. */
-int err_fd = -1;
-void fail(const char *what, const char *detail)
-{
-	dprintf(err_fd, "%s%s%s: %s", what, detail ? " " : "", detail ? detail : "",
-		strerror(errno));
-	_exit(125);
-}
-
 /* ---- A and B (spawn.py _child_a, _child_b) ------------------------------------------- */
 
 static void bring_up_loopback(void)

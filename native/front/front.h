@@ -54,7 +54,8 @@
  * instead of a quiet second try through Python, so that no test passes by fallback.
  *
  * The files (each includes this header; what is not declared here is static):
- *   main.c     main(): the plan cache for `coopy run`, else the Python CLI; small things
+ *   main.c     main(): the plan cache for `coopy run`, else the Python CLI
+ *   util.c     small things: forwarded signals, say(), strings, writes, a child's fail()
  *   sha256.c   SHA-256 (FIPS 180-4)         key.c     the key, <state>/plans
  *   plan.c     parsing a plan, checking its files, rebasing it on this run's box dir
  *   boxdir.c   the box dir: made from the plan, stale ones swept, removed after the run
@@ -85,10 +86,10 @@
 	} \
 } while (0)
 
-/* ---- small things (main.c) ----------------------------------------------------------- */
+/* ---- small things (util.c) ----------------------------------------------------------- */
 
 extern int debug;              /* COOPY_DEBUG_FRONTEND: say() speaks */
-extern sigset_t forwarded;     /* the signals forwarded to the box (main.c says when) */
+extern sigset_t forwarded;     /* the signals forwarded to the box (util.c says when) */
 extern char last_failure[1100];
 void forwarded_init(void);
 void unblock_forwarded(void);
