@@ -176,7 +176,7 @@ static pid_t start_process(char **cmd, int tty, const int fds[3], int report[2])
 	}
 	if (child == 0) {
 		close(pipefd[0]);
-		sigset_t none; /* nothing blocked, whatever init inherited (see front/main.c) */
+		sigset_t none; /* nothing blocked, whatever init inherited (see front/util.c) */
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		for (int s = 1; s < NSIG; s++)
