@@ -29,7 +29,6 @@ from pathlib import Path
 from coopy.spawn import Started
 from coopy.state import BoxRecord, write_record
 
-STALL_ENV = "COOPY_CLIENT_STALL_S"  # read by the child: tests shorten it (0.1–600 s)
 END_WAIT_S = 10.0  # how long the child may take to tell the clients and exit
 
 

@@ -203,14 +203,11 @@ int parse_hello(const char *s, size_t n, struct hello *h)
 			int truth = j.s < j.end && *j.s == 't';
 			if (!strcmp(key, "verb") && j.s < j.end && *j.s == '"') {
 				char *v = string(&j);
-				h->verb_ok = strlen(v) < sizeof h->verb;
 				snprintf(h->verb, sizeof h->verb, "%s", v);
 				free(v);
 			} else if (!strcmp(key, "command")) {
-				h->has_command = j.s < j.end && *j.s == '[';
 				strings(&j, &h->command);
 			} else if (!strcmp(key, "shell")) {
-				h->has_shell = j.s < j.end && *j.s == '[';
 				strings(&j, &h->shell);
 			} else if (!strcmp(key, "new") || !strcmp(key, "direct")) {
 				*(key[0] == 'n' ? &h->new : &h->direct) = truth;

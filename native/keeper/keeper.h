@@ -76,6 +76,7 @@ enum { T_HELLO = 1, T_DATA, T_RESIZE, T_DETACH, T_EXIT, T_ERROR, T_INFO, T_KILL,
 #define CRASH_WINDOW_MS 5000
 #define KILL_AFTER_MS 10000 /* a restart's SIGTERM becomes SIGKILL */
 #define MAX_ARGS 256
+#define DRAIN_READS 1024 /* drain_master: at most this many reads of READ_BATCH */
 #define QUEUE_KEEP (256u << 10) /* an emptied byte queue bigger than this is freed */
 
 /* A byte queue: appended at the tail, taken from the head. */
@@ -91,7 +92,7 @@ struct argv {
 };
 
 struct hello {
-	int version, verb_ok, rows, cols, pty, new, id, sig, has_command, has_shell, direct;
+	int version, rows, cols, pty, new, id, sig, direct;
 	char verb[16];
 	struct argv command, shell;
 };
@@ -176,7 +177,8 @@ void send_error(struct client *c, const char *fmt, ...);
 void client_final(struct client *c);
 void client_drop(struct client *c);
 void maybe_finish(struct pty *p);
-void from_master(struct pty *p);
+size_t from_master(struct pty *p);
+void drain_master(struct pty *p);
 void flush_master(struct pty *p);
 void resize(struct pty *p, int rows, int cols);
 void replay(struct client *c, struct pty *p);

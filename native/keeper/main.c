@@ -88,12 +88,7 @@ static void finish(void)
 {
 	for (int i = 0; i < ptys_in_use; i++) {
 		struct pty *p = &ptys[i];
-		for (int k = 0; p->used && !p->drained && k < 1024; k++) {
-			size_t len = p->ring_len, end = p->ring_end;
-			from_master(p);
-			if (p->ring_len == len && p->ring_end == end)
-				break;
-		}
+		drain_master(p);
 		if (p->used)
 			log_flush(p);
 	}

@@ -328,7 +328,7 @@ static void output(struct pty *p, const char *data, size_t n)
 
 /* Read what the PTY has (up to READ_BATCH): scrollback, log, one DATA frame to each of
  * its clients.  A read of a master returns at most 4 KiB (n_tty's buffer). */
-void from_master(struct pty *p)
+size_t from_master(struct pty *p)
 {
 	static char buf[READ_BATCH];
 	size_t size = 0;
@@ -353,6 +353,16 @@ void from_master(struct pty *p)
 		if (p->shell)
 			maybe_finish(p);
 	}
+	return size;
+}
+
+/* What a PTY still holds, its writer ended or being replaced: read until there is nothing,
+ * at most DRAIN_READS times, so that a process still writing cannot hold the keeper. */
+void drain_master(struct pty *p)
+{
+	for (int k = 0; k < DRAIN_READS && p->used && !p->drained; k++)
+		if (!from_master(p))
+			break;
 }
 
 void flush_master(struct pty *p)

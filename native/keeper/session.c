@@ -148,13 +148,7 @@ void from_init(void)
 	if (kind == 'P' && ident == 0 && fd >= 0) { /* the restarted agent's new terminal */
 		struct pty *agent = find_pty(0);
 		if (agent) {
-			while (!agent->drained && agent->events) {
-				size_t before = agent->ring_len;
-				size_t end = agent->ring_end;
-				from_master(agent); /* the old agent's last words first */
-				if (agent->ring_end == end && agent->ring_len == before)
-					break;
-			}
+			drain_master(agent); /* the old agent's last words first */
 			if (agent->events)
 				watch(agent->master, EPOLL_CTL_DEL, 0, 0);
 			agent->events = 0;
@@ -305,7 +299,7 @@ static void hello(struct client *c, const char *payload, size_t n)
 		if (!command->n) {
 			static char sh[] = "sh", dash_l[] = "-l";
 			char *dflt[] = { sh, dash_l };
-			if (h.has_shell && h.shell.n)
+			if (h.shell.n)
 				argv_set(&c->command, h.shell.v, h.shell.n);
 			else
 				argv_set(&c->command, dflt, 2);
@@ -335,7 +329,7 @@ static void hello(struct client *c, const char *payload, size_t n)
 			send_error(c, "this box cannot start processes");
 		}
 	} else if (!strcmp(h.verb, "restart")) {
-		if (h.has_command && h.command.n)
+		if (h.command.n)
 			argv_set(&restart_with, h.command.v, h.command.n);
 		else
 			argv_set(&restart_with, agent_command.v, agent_command.n);
