@@ -11,12 +11,9 @@ import json
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
-import pytest
 
 from tests.conftest import BoxUser
 
@@ -24,14 +21,6 @@ PROBE = Path(__file__).resolve().parent.parent / "probe" / "keeper_client.py"
 LINES = 400_000  # ~3 MB through the PTY: well past the socket buffers and HIGH_WATER
 AGENT = ["sh", "-c", f"read go; seq 1 {LINES}; echo seq-$((40+2)); exec sleep 1000"]
 TIMEOUT = 60
-
-
-@pytest.fixture
-def name(box_user: BoxUser) -> Iterator[str]:
-    box = f"t{uuid.uuid4().hex[:8]}"
-    yield box
-    box_user.coopy("kill", "-f", box)
-    box_user.coopy("rm", "-f", box)
 
 
 def start_box(user: BoxUser, name: str, stall: float) -> tuple[Path, str]:

@@ -8,8 +8,6 @@ import os
 import signal
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
@@ -18,14 +16,6 @@ import pytest
 from tests.conftest import BoxUser
 
 TIMEOUT = 20
-
-
-@pytest.fixture
-def name(box_user: BoxUser) -> Iterator[str]:
-    """A box name for this test; the box is removed afterwards whatever happened."""
-    box = f"t{uuid.uuid4().hex[:8]}"
-    yield box
-    box_user.coopy("rm", "-f", box)
 
 
 def spawn(user: BoxUser, args: list[str], ws: Path) -> pexpect.spawn:
